@@ -1,0 +1,30 @@
+"""RetinaNet object detection for Keras 3 on TensorFlow, JAX and PyTorch.
+
+Set ``KERAS_BACKEND`` before importing; the model is written with ``keras.ops`` only, so the
+same weights give the same outputs on every backend.
+"""
+
+from keras_retinanet.anchors import AnchorGenerator
+from keras_retinanet.backbone import get_backbone, register_backbone, resnet50_backbone
+from keras_retinanet.box_coding import BoxCoder
+from keras_retinanet.boxes import center_to_corners, corners_to_center, pairwise_iou
+from keras_retinanet.fpn import FeaturePyramid
+from keras_retinanet.heads import PredictionHead, prior_bias
+from keras_retinanet.model import RetinaNet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnchorGenerator",
+    "BoxCoder",
+    "FeaturePyramid",
+    "PredictionHead",
+    "RetinaNet",
+    "center_to_corners",
+    "corners_to_center",
+    "get_backbone",
+    "pairwise_iou",
+    "prior_bias",
+    "register_backbone",
+    "resnet50_backbone",
+]

@@ -1,0 +1,78 @@
+"""Encoding of ground-truth boxes against anchors and decoding of predictions (SPEC §2)."""
+
+import keras
+from keras import ops
+
+from keras_retinanet.boxes import center_to_corners, corners_to_center
+
+#: Box-regression variance of the keras.io example (1 / (10, 10, 5, 5) in Detectron terms).
+DEFAULT_BOX_VARIANCE = (0.1, 0.1, 0.2, 0.2)
+
+
+@keras.saving.register_keras_serializable(package="keras_retinanet")
+class BoxCoder:
+    """Converts between boxes and the regression targets predicted by the box head.
+
+    ``encode``: ``[(g_xy - a_xy) / a_wh, log(g_wh / a_wh)] / variance``;
+    ``decode``: ``b = delta * variance``, ``xy = b_xy * a_wh + a_xy``, ``wh = exp(b_wh) * a_wh``.
+
+    Args:
+        variance: 4 positive divisors applied to ``(dx, dy, dw, dh)``. The default makes the
+            targets roughly unit-variance for matched anchors (keras.io / Detectron choice).
+    """
+
+    def __init__(self, *, variance=DEFAULT_BOX_VARIANCE):
+        variance = tuple(float(v) for v in variance)
+        if len(variance) != 4 or min(variance) <= 0:
+            raise ValueError(f"variance must be 4 positive numbers, got {variance!r}")
+        self.variance = variance
+
+    def encode(self, boxes, anchors):
+        """Regression targets for ``boxes`` relative to ``anchors``.
+
+        Args:
+            boxes: ``[..., A, 4]`` corners ``[x1, y1, x2, y2]`` (e.g. the matched ground truth).
+            anchors: ``[A, 4]`` (or broadcastable) anchors ``[cx, cy, w, h]``.
+
+        Returns:
+            ``[..., A, 4]`` float targets ``(dx, dy, dw, dh)`` divided by the variance.
+        """
+        boxes = corners_to_center(ops.convert_to_tensor(boxes, dtype="float32"))
+        anchors = ops.convert_to_tensor(anchors, dtype="float32")
+        deltas = ops.concatenate(
+            [
+                (boxes[..., :2] - anchors[..., :2]) / anchors[..., 2:],
+                ops.log(boxes[..., 2:] / anchors[..., 2:]),
+            ],
+            axis=-1,
+        )
+        return deltas / ops.convert_to_tensor(self.variance, dtype="float32")
+
+    def decode(self, deltas, anchors):
+        """Boxes predicted by ``deltas`` on ``anchors``.
+
+        Args:
+            deltas: ``[..., A, 4]`` raw box-head outputs.
+            anchors: ``[A, 4]`` (or broadcastable) anchors ``[cx, cy, w, h]``.
+
+        Returns:
+            ``[..., A, 4]`` float32 corners ``[x1, y1, x2, y2]`` in pixels.
+        """
+        deltas = ops.convert_to_tensor(deltas, dtype="float32")
+        anchors = ops.convert_to_tensor(anchors, dtype="float32")
+        deltas = deltas * ops.convert_to_tensor(self.variance, dtype="float32")
+        centers = ops.concatenate(
+            [
+                deltas[..., :2] * anchors[..., 2:] + anchors[..., :2],
+                ops.exp(deltas[..., 2:]) * anchors[..., 2:],
+            ],
+            axis=-1,
+        )
+        return center_to_corners(centers)
+
+    def get_config(self):
+        return {"variance": list(self.variance)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

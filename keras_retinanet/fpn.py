@@ -1,0 +1,90 @@
+"""Feature pyramid P3-P7 on top of C3-C5 (SPEC §1)."""
+
+import keras
+from keras import layers, ops
+
+
+def _upsample_like(x, reference):
+    """Nearest 2x upsampling of ``x`` ``[N, h, w, C]``, then cropped to ``reference``'s size.
+
+    Backbones that round sizes up (``ceil(H / s)``) give ``2 * h >= H_ref``, so cropping the
+    bottom/right keeps exactly the keras.io nearest-neighbour alignment for inputs that are not
+    multiples of 32. Should a backbone round down instead, the map is resized to fit.
+    """
+    up = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)  # [N, 2h, 2w, C]
+    up_h, up_w = up.shape[1], up.shape[2]
+    ref_h, ref_w = reference.shape[1], reference.shape[2]
+    if None not in (up_h, up_w, ref_h, ref_w) and (up_h < ref_h or up_w < ref_w):
+        return ops.image.resize(x, (ref_h, ref_w), interpolation="nearest")
+    ref_shape = ops.shape(reference)
+    return up[:, : ref_shape[1], : ref_shape[2], :]
+
+
+@keras.saving.register_keras_serializable(package="keras_retinanet")
+class FeaturePyramid(layers.Layer):
+    """Builds P3..P7 from ``[C3, C4, C5]``.
+
+    ``P5 = conv1x1(C5)``, ``P4 = conv1x1(C4) + up2(P5)``, ``P3 = conv1x1(C3) + up2(P4)``, each
+    followed by a 3x3 conv; ``P6 = conv3x3/2(C5)`` (from C5, not P5, as in the paper and the
+    keras.io example) and ``P7 = conv3x3/2(relu(P6))``. No activation on the outputs.
+
+    Args:
+        filters: channels of every pyramid level (256 in the paper).
+
+    Call args:
+        inputs: ``[C3 [N, H3, W3, *], C4 [N, H4, W4, *], C5 [N, H5, W5, *]]``.
+
+    Returns:
+        ``[P3, P4, P5, P6, P7]``, each ``[N, h_l, w_l, filters]`` at strides 8..128.
+    """
+
+    def __init__(self, *, filters=256, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        conv = lambda k, s, name: layers.Conv2D(  # noqa: E731
+            self.filters, k, strides=s, padding="same", name=name, dtype=self.dtype_policy
+        )
+        self.conv_c3_1x1 = conv(1, 1, "conv_c3_1x1")
+        self.conv_c4_1x1 = conv(1, 1, "conv_c4_1x1")
+        self.conv_c5_1x1 = conv(1, 1, "conv_c5_1x1")
+        self.conv_c3_3x3 = conv(3, 1, "conv_c3_3x3")
+        self.conv_c4_3x3 = conv(3, 1, "conv_c4_3x3")
+        self.conv_c5_3x3 = conv(3, 1, "conv_c5_3x3")
+        self.conv_c6_3x3 = conv(3, 2, "conv_c6_3x3")
+        self.conv_c7_3x3 = conv(3, 2, "conv_c7_3x3")
+
+    def build(self, input_shape):
+        c3_shape, c4_shape, c5_shape = input_shape
+        out_shape = lambda s: (s[0], s[1], s[2], self.filters)  # noqa: E731
+        self.conv_c3_1x1.build(c3_shape)
+        self.conv_c4_1x1.build(c4_shape)
+        self.conv_c5_1x1.build(c5_shape)
+        self.conv_c3_3x3.build(out_shape(c3_shape))
+        self.conv_c4_3x3.build(out_shape(c4_shape))
+        self.conv_c5_3x3.build(out_shape(c5_shape))
+        self.conv_c6_3x3.build(c5_shape)
+        self.conv_c7_3x3.build(out_shape(c5_shape))
+        self.built = True
+
+    def call(self, inputs):
+        c3, c4, c5 = inputs
+        p5 = self.conv_c5_1x1(c5)
+        p4 = self.conv_c4_1x1(c4)
+        p4 = p4 + _upsample_like(p5, p4)
+        p3 = self.conv_c3_1x1(c3)
+        p3 = p3 + _upsample_like(p4, p3)  # uses the already merged P4
+        p6 = self.conv_c6_3x3(c5)
+        p7 = self.conv_c7_3x3(ops.relu(p6))
+        return [self.conv_c3_3x3(p3), self.conv_c4_3x3(p4), self.conv_c5_3x3(p5), p6, p7]
+
+    def compute_output_shape(self, input_shape):
+        c3, c4, c5 = input_shape
+        half = lambda d: None if d is None else (d + 1) // 2  # noqa: E731
+        p6 = (c5[0], half(c5[1]), half(c5[2]), self.filters)
+        p7 = (c5[0], half(p6[1]), half(p6[2]), self.filters)
+        return [(s[0], s[1], s[2], self.filters) for s in (c3, c4, c5)] + [p6, p7]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters})
+        return config

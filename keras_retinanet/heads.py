@@ -1,0 +1,102 @@
+"""Class and box subnets shared across pyramid levels (SPEC §1)."""
+
+import math
+
+import keras
+from keras import layers
+
+
+def prior_bias(prior_probability):
+    """Bias ``-log((1 - p) / p)`` making every class start at probability ``p``.
+
+    With ``p = 0.01`` (the paper's choice) the ~100k background anchors do not swamp the focal
+    loss in the first iterations.
+    """
+    p = float(prior_probability)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"prior_probability must be in (0, 1), got {prior_probability!r}")
+    return -math.log((1.0 - p) / p)
+
+
+@keras.saving.register_keras_serializable(package="keras_retinanet")
+class PredictionHead(layers.Layer):
+    """``num_convs`` x [Conv2D(filters, 3) + ReLU] then Conv2D(output_filters, 3).
+
+    All kernels use ``RandomNormal(0, 0.01)``, as in the paper and the keras.io example.
+
+    Args:
+        output_filters: channels of the last conv, ``anchors_per_location * values``
+            (``9 * num_classes`` for the class head, ``9 * 4`` for the box head).
+        bias_value: constant initial bias of the last conv (``prior_bias(0.01)`` for the class
+            head, ``0.0`` for the box head).
+        num_convs: hidden conv layers (4 in the paper).
+        filters: channels of the hidden convs (256 in the paper).
+
+    Call args:
+        inputs: ``[N, h, w, C]`` one pyramid level.
+
+    Returns:
+        ``[N, h, w, output_filters]`` raw outputs.
+    """
+
+    def __init__(self, *, output_filters, bias_value=0.0, num_convs=4, filters=256, **kwargs):
+        super().__init__(**kwargs)
+        self.output_filters = int(output_filters)
+        self.bias_value = float(bias_value)
+        self.num_convs = int(num_convs)
+        self.filters = int(filters)
+        if self.output_filters <= 0 or self.num_convs < 0 or self.filters <= 0:
+            raise ValueError(
+                "output_filters and filters must be positive and num_convs non-negative, got "
+                f"{output_filters}, {filters}, {num_convs}"
+            )
+        kernel_init = lambda: keras.initializers.RandomNormal(0.0, 0.01)  # noqa: E731
+        self.hidden = [
+            layers.Conv2D(
+                self.filters,
+                3,
+                padding="same",
+                kernel_initializer=kernel_init(),
+                name=f"conv_{i}",
+                dtype=self.dtype_policy,
+            )
+            for i in range(self.num_convs)
+        ]
+        self.output_conv = layers.Conv2D(
+            self.output_filters,
+            3,
+            padding="same",
+            kernel_initializer=kernel_init(),
+            bias_initializer=keras.initializers.Constant(self.bias_value),
+            name="output",
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for conv in self.hidden:
+            conv.build(shape)
+            shape = shape[:-1] + (self.filters,)
+        self.output_conv.build(shape)
+        self.built = True
+
+    def call(self, inputs):
+        x = inputs
+        for conv in self.hidden:
+            x = keras.ops.relu(conv(x))
+        return self.output_conv(x)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.output_filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "output_filters": self.output_filters,
+                "bias_value": self.bias_value,
+                "num_convs": self.num_convs,
+                "filters": self.filters,
+            }
+        )
+        return config

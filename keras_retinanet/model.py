@@ -1,0 +1,143 @@
+"""The RetinaNet model: backbone -> feature pyramid -> shared heads (SPEC §1)."""
+
+import keras
+from keras import ops
+
+from keras_retinanet.anchors import AnchorGenerator
+from keras_retinanet.backbone import get_backbone
+from keras_retinanet.fpn import FeaturePyramid
+from keras_retinanet.heads import PredictionHead, prior_bias
+
+
+@keras.saving.register_keras_serializable(package="keras_retinanet")
+class RetinaNet(keras.Model):
+    """RetinaNet returning raw box deltas and class logits for every anchor.
+
+    Args:
+        num_classes: number of object classes (no background class; 80 for COCO).
+        backbone: a registered backbone name (``"resnet50"``, the default) or a ``keras.Model``
+            mapping ``[N, H, W, 3]`` images to three feature maps at strides 8, 16, 32.
+        backbone_weights: for a named backbone: ``None`` (random init, the default since
+            downloads are not always possible), a local weights file, or ``"imagenet"``.
+        anchor_generator: the ``AnchorGenerator`` whose per-location anchor count sizes the
+            heads and that decoding and label encoding use (keras.io defaults when ``None``).
+        fpn_filters: channels of the pyramid and of the head convs (256).
+        head_convs: hidden convs in each head (4).
+        prior_probability: initial class probability (0.01, paper and keras.io).
+
+    Call args:
+        images: ``[N, H, W, 3]`` float RGB images preprocessed as
+            ``keras.applications.resnet.preprocess_input`` (caffe mode); any ``H, W``.
+
+    Returns:
+        ``[N, A, 4 + num_classes]`` float32: ``[..., :4]`` box deltas (see ``BoxCoder``) and
+        ``[..., 4:]`` class logits, for ``A = anchor_generator.num_anchors(H, W)`` anchors in
+        ``AnchorGenerator`` order (levels P3 -> P7, each ``[h, w, anchor]``).
+    """
+
+    def __init__(
+        self,
+        num_classes=80,
+        *,
+        backbone="resnet50",
+        backbone_weights=None,
+        anchor_generator=None,
+        fpn_filters=256,
+        head_convs=4,
+        prior_probability=0.01,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.backbone = get_backbone(backbone, weights=backbone_weights)
+        self.anchor_generator = anchor_generator or AnchorGenerator()
+        self.fpn_filters = int(fpn_filters)
+        self.head_convs = int(head_convs)
+        self.prior_probability = float(prior_probability)
+        k = self.anchor_generator.num_anchors_per_location
+        self.fpn = FeaturePyramid(filters=self.fpn_filters, name="fpn", dtype=self.dtype_policy)
+        self.cls_head = PredictionHead(
+            output_filters=k * self.num_classes,
+            bias_value=prior_bias(self.prior_probability),
+            num_convs=self.head_convs,
+            filters=self.fpn_filters,
+            name="cls_head",
+            dtype=self.dtype_policy,
+        )
+        self.box_head = PredictionHead(
+            output_filters=k * 4,
+            bias_value=0.0,
+            num_convs=self.head_convs,
+            filters=self.fpn_filters,
+            name="box_head",
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        _check_image_shape(input_shape)
+        feature_shapes = [tuple(s) for s in self.backbone.compute_output_shape(input_shape)]
+        self.fpn.build(feature_shapes)
+        level_shape = (input_shape[0], None, None, self.fpn_filters)
+        self.cls_head.build(level_shape)
+        self.box_head.build(level_shape)
+        self.built = True
+
+    def call(self, images, training=False):
+        _check_image_shape(tuple(images.shape))
+        features = self.backbone(images, training=training)
+        batch = ops.shape(images)[0]
+        box_outputs, cls_outputs = [], []
+        for feature in self.fpn(features):
+            # [N, h, w, k * 4] -> [N, h * w * k, 4]: anchor-major within a location.
+            box_outputs.append(ops.reshape(self.box_head(feature), (batch, -1, 4)))
+            cls_outputs.append(
+                ops.reshape(self.cls_head(feature), (batch, -1, self.num_classes))
+            )
+        box_outputs = ops.concatenate(box_outputs, axis=1)  # [N, A, 4]
+        cls_outputs = ops.concatenate(cls_outputs, axis=1)  # [N, A, C]
+        # Mixed-precision policies compute in float16/bfloat16; outputs stay float32 for
+        # numerically safe losses and decoding.
+        return ops.cast(ops.concatenate([box_outputs, cls_outputs], axis=-1), "float32")
+
+    def compute_output_shape(self, input_shape):
+        h, w = input_shape[1], input_shape[2]
+        anchors = None if h is None or w is None else self.anchor_generator.num_anchors(h, w)
+        return (input_shape[0], anchors, 4 + self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "anchor_generator": keras.saving.serialize_keras_object(self.anchor_generator),
+                "fpn_filters": self.fpn_filters,
+                "head_convs": self.head_convs,
+                "prior_probability": self.prior_probability,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["anchor_generator"] = keras.saving.deserialize_keras_object(
+            config["anchor_generator"]
+        )
+        return cls(**config)
+
+
+def _check_image_shape(shape):
+    if len(shape) != 4:
+        raise ValueError(
+            f"images must have rank 4 [batch, height, width, 3], got shape {tuple(shape)}"
+        )
+    if shape[-1] is not None and shape[-1] != 3:
+        raise ValueError(f"images must have 3 channels (RGB) in the last axis, got shape {shape}")
+    for dim, name in ((shape[1], "height"), (shape[2], "width")):
+        if dim is not None and dim < 1:
+            raise ValueError(f"images must have a positive {name}, got shape {tuple(shape)}")
