@@ -26,7 +26,9 @@ def resnet50_backbone(*, weights=None, input_shape=(None, None, 3)):
     if weights is not None and weights != "imagenet":
         weights = os.fspath(weights)
         if not os.path.isfile(weights):
-            raise ValueError(f"weights must be None, 'imagenet' or an existing file, got {weights!r}")
+            raise ValueError(
+                f"weights must be None, 'imagenet' or an existing file, got {weights!r}"
+            )
     try:
         resnet = keras.applications.ResNet50(
             include_top=False, weights=weights, input_shape=tuple(input_shape)

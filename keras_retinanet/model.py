@@ -93,9 +93,7 @@ class RetinaNet(keras.Model):
         for feature in self.fpn(features):
             # [N, h, w, k * 4] -> [N, h * w * k, 4]: anchor-major within a location.
             box_outputs.append(ops.reshape(self.box_head(feature), (batch, -1, 4)))
-            cls_outputs.append(
-                ops.reshape(self.cls_head(feature), (batch, -1, self.num_classes))
-            )
+            cls_outputs.append(ops.reshape(self.cls_head(feature), (batch, -1, self.num_classes)))
         box_outputs = ops.concatenate(box_outputs, axis=1)  # [N, A, 4]
         cls_outputs = ops.concatenate(cls_outputs, axis=1)  # [N, A, C]
         # Mixed-precision policies compute in float16/bfloat16; outputs stay float32 for

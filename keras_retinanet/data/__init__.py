@@ -1,0 +1,48 @@
+"""Data sets, preprocessing and input pipelines.
+
+Importing this package needs only Keras and NumPy; Pillow is imported when pixels are read,
+resized or generated.
+"""
+
+from keras_retinanet.data.coco import CocoDataset, load_coco, write_coco
+from keras_retinanet.data.pipeline import DetectionDataset, InferenceBatches
+from keras_retinanet.data.preprocessing import (
+    CAFFE_BGR_MEAN,
+    KERAS_IO_JITTER,
+    compute_resize_ratio,
+    load_image,
+    normalize_image,
+    preprocess_for_inference,
+    preprocess_for_training,
+    random_flip_horizontal,
+    resize_and_pad,
+    resize_image,
+)
+from keras_retinanet.data.shapes import (
+    SHAPE_CLASSES,
+    ShapesDatasetPaths,
+    generate_shapes_dataset,
+    render_shapes_image,
+)
+
+__all__ = [
+    "CAFFE_BGR_MEAN",
+    "KERAS_IO_JITTER",
+    "SHAPE_CLASSES",
+    "CocoDataset",
+    "DetectionDataset",
+    "InferenceBatches",
+    "ShapesDatasetPaths",
+    "compute_resize_ratio",
+    "generate_shapes_dataset",
+    "load_coco",
+    "load_image",
+    "normalize_image",
+    "preprocess_for_inference",
+    "preprocess_for_training",
+    "random_flip_horizontal",
+    "render_shapes_image",
+    "resize_and_pad",
+    "resize_image",
+    "write_coco",
+]

@@ -1,0 +1,88 @@
+"""Test sessions. ``nox`` runs them all; ``nox -s tests`` / ``parity`` / ``lint`` / ``bench``.
+
+* ``tests(backend=...)``: a venv with only that backend installed (proving the core imports
+  without the other two), running everything except the cross-backend ``parity`` tests.
+* ``parity``: all three backends together; TensorFlow is the reference.
+* ``lint``: ruff.
+* ``bench``: the cross-backend benchmarks (not part of the default run).
+
+The CPU build of PyTorch is pinned in ``constraints.txt`` for every session.
+"""
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "parity"]
+nox.options.reuse_venv = "yes"
+
+BACKENDS = ["tensorflow", "jax", "torch"]
+CONSTRAINTS = ("-c", "constraints.txt")
+# One thread pool size for every backend keeps CPU timings comparable and avoids
+# oversubscribing the CI machine.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONHASHSEED": "0"}
+
+
+def _pytest_args(session, *default):
+    return list(session.posargs) or list(default)
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def tests(session, backend):
+    """Unit and integration tests on one backend, with only that backend installed."""
+    session.install(*CONSTRAINTS, f".[{backend},test]")
+    others = [b for b in BACKENDS if b != backend]
+    session.run(
+        "python",
+        "-c",
+        "import importlib.util, sys; "
+        f"extra = [m for m in {others!r} if importlib.util.find_spec(m)]; "
+        "sys.exit(f'other backends installed: {extra}' if extra else 0)",
+    )
+    session.run(
+        "python",
+        "-c",
+        "import keras, keras_retinanet; print('keras', keras.__version__, "
+        "'backend', keras.backend.backend(), 'keras_retinanet', keras_retinanet.__version__)",
+        env={**QUIET_ENV, "KERAS_BACKEND": backend},
+    )
+    session.run(
+        "pytest",
+        *_pytest_args(session, "-m", "not parity", "--durations=10", "-p", "no:cacheprovider"),
+        env={**QUIET_ENV, "KERAS_BACKEND": backend},
+    )
+
+
+@nox.session
+def parity(session):
+    """Cross-backend checks: one set of weights, three backends, TensorFlow as reference."""
+    session.install(*CONSTRAINTS, ".[all,test]")
+    session.run(
+        "pytest",
+        *_pytest_args(session, "-m", "parity", "-s", "--durations=10", "-p", "no:cacheprovider"),
+        env={**QUIET_ENV, "KERAS_BACKEND": "tensorflow"},
+    )
+
+
+@nox.session
+def lint(session):
+    """Static checks (ruff lint and formatting)."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session):
+    """Cross-backend benchmarks; pass ``-- --quick`` for a short run."""
+    session.install(*CONSTRAINTS, ".[all]")
+    out = os.path.join("benchmarks", "results")
+    for script in sorted(os.listdir("benchmarks")):
+        if script.endswith(".py") and not script.startswith("_"):
+            session.run(
+                "python",
+                os.path.join("benchmarks", script),
+                *session.posargs,
+                env={**QUIET_ENV, "BENCHMARK_OUTPUT_DIR": out},
+            )

@@ -1,0 +1,89 @@
+import math
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_retinanet import AnchorGenerator
+
+
+def numpy_anchors(height, width):
+    """Independent transcription of SPEC §2 in float64."""
+    out = []
+    for stride, area in zip(
+        (8, 16, 32, 64, 128), (32.0**2, 64.0**2, 128.0**2, 256.0**2, 512.0**2), strict=True
+    ):
+        gh, gw = math.ceil(height / stride), math.ceil(width / stride)
+        for y in range(gh):
+            for x in range(gw):
+                for ratio in (0.5, 1.0, 2.0):
+                    h = math.sqrt(area / ratio)
+                    w = area / h
+                    for scale in (1.0, 2 ** (1 / 3), 2 ** (2 / 3)):
+                        out.append(((x + 0.5) * stride, (y + 0.5) * stride, w * scale, h * scale))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("size", [(128, 128), (192, 256), (257, 321), (512, 512), (31, 700)])
+def test_anchor_count_is_nine_times_sum_of_ceil_grid_cells(size):
+    h, w = size
+    expected = 9 * sum(math.ceil(h / s) * math.ceil(w / s) for s in (8, 16, 32, 64, 128))
+    gen = AnchorGenerator()
+    assert gen.num_anchors(h, w) == expected
+    assert tuple(ops.shape(gen(h, w))) == (expected, 4)
+
+
+@pytest.mark.parametrize("size", [(128, 128), (257, 321), (100, 37)])
+def test_anchors_equal_independent_numpy_computation(size):
+    got = ops.convert_to_numpy(AnchorGenerator()(*size))
+    np.testing.assert_allclose(got, numpy_anchors(*size), rtol=1e-6, atol=1e-4)
+
+
+def test_512_input_has_49104_anchors():
+    assert AnchorGenerator().num_anchors(512, 512) == 49104
+
+
+def test_anchors_accept_tensor_sizes():
+    gen = AnchorGenerator()
+    got = gen(ops.convert_to_tensor(129), ops.convert_to_tensor(64))
+    np.testing.assert_allclose(ops.convert_to_numpy(got), numpy_anchors(129, 64), atol=1e-4)
+
+
+def test_anchor_order_within_a_location_is_ratio_major_scale_fastest():
+    a = ops.convert_to_numpy(AnchorGenerator()(8, 8))[:9]
+    # Same ratio: widths grow by 2^(1/3) with the scale index.
+    np.testing.assert_allclose(a[1, 2] / a[0, 2], 2 ** (1 / 3), rtol=1e-6)
+    # Ratio index 0 is w/h = 0.5 (tall), index 2 is w/h = 2 (wide).
+    np.testing.assert_allclose(a[0, 2] / a[0, 3], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(a[6, 2] / a[6, 3], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(a[3, 2] * a[3, 3], 32.0**2, rtol=1e-6)
+
+
+def test_custom_configuration_round_trips_through_config():
+    gen = AnchorGenerator(aspect_ratios=(1.0,), scales=(1.0, 2.0), areas=(16.0**2,), strides=(4,))
+    clone = AnchorGenerator.from_config(gen.get_config())
+    assert clone.num_anchors_per_location == 2
+    assert clone.num_anchors(8, 8) == 2 * 4
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(clone(8, 8)), ops.convert_to_numpy(gen(8, 8))
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"aspect_ratios": (0.0, 1.0)}, "aspect_ratios"),
+        ({"scales": ()}, "scales"),
+        ({"areas": (32.0**2,)}, "areas"),
+        ({"strides": (8, 16, 32, 64, 0)}, "strides"),
+    ],
+)
+def test_invalid_configuration_raises_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AnchorGenerator(**kwargs)
+
+
+@pytest.mark.parametrize("h, w, name", [(0, 8, "image_height"), (8, -1, "image_width")])
+def test_non_positive_image_size_raises(h, w, name):
+    with pytest.raises(ValueError, match=name):
+        AnchorGenerator()(h, w)
