@@ -5,11 +5,18 @@ same weights give the same outputs on every backend.
 """
 
 from keras_retinanet.anchors import AnchorGenerator
-from keras_retinanet.backbone import get_backbone, register_backbone, resnet50_backbone
+from keras_retinanet.backbone import (
+    compact_backbone,
+    get_backbone,
+    register_backbone,
+    resnet50_backbone,
+)
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.boxes import center_to_corners, corners_to_center, pairwise_iou
 from keras_retinanet.fpn import FeaturePyramid
 from keras_retinanet.heads import PredictionHead, prior_bias
+from keras_retinanet.label_encoder import LabelEncoder
+from keras_retinanet.losses import RetinaNetLoss
 from keras_retinanet.model import RetinaNet
 
 __version__ = "0.1.0"
@@ -18,9 +25,12 @@ __all__ = [
     "AnchorGenerator",
     "BoxCoder",
     "FeaturePyramid",
+    "LabelEncoder",
     "PredictionHead",
     "RetinaNet",
+    "RetinaNetLoss",
     "center_to_corners",
+    "compact_backbone",
     "corners_to_center",
     "get_backbone",
     "pairwise_iou",

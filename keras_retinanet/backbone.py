@@ -45,7 +45,63 @@ def resnet50_backbone(*, weights=None, input_shape=(None, None, 3)):
     return keras.Model(resnet.inputs, outputs, name="resnet50_backbone")
 
 
-_BACKBONES = {"resnet50": resnet50_backbone}
+def _conv_bn(x, filters, kernel, strides, name, activation=True):
+    x = keras.layers.Conv2D(
+        filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
+
+
+def _basic_block(x, filters, strides, name):
+    """ResNet basic block: two 3x3 convs with a projection shortcut when the shape changes."""
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", activation=False)
+    x = _conv_bn(x, filters, 3, strides, f"{name}_1")
+    x = _conv_bn(x, filters, 3, 1, f"{name}_2", activation=False)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def compact_backbone(*, weights=None, input_shape=(None, None, 3), widths=(32, 64, 128, 256)):
+    """A slim ResNet (basic blocks, ~1.2 M parameters) returning ``[C3, C4, C5]``.
+
+    Meant for CPU training from scratch on small images (the demo trains it in minutes on two
+    cores), where ResNet50's 23 M parameters are far more than the data needs. Stem
+    ``3x3/2``, then one basic block per stage at strides 4, 8, 16, 32 with ``widths`` channels.
+
+    Args:
+        weights: ``None`` or a local ``.weights.h5`` file saved from this backbone.
+        input_shape: ``(H, W, 3)``.
+        widths: channels of the stride-4, 8, 16 and 32 stages.
+
+    Returns:
+        A ``keras.Model`` mapping ``[N, H, W, 3]`` to
+        ``[C3 [N, H/8, W/8, widths[1]], C4 [.., widths[2]], C5 [.., widths[3]]]``.
+    """
+    if weights == "imagenet":
+        raise ValueError("the compact backbone has no ImageNet weights; use weights=None")
+    inputs = keras.Input(tuple(input_shape), name="images")
+    # Caffe-mode inputs span about [-125, 150]; rescale so the stem starts well conditioned.
+    x = keras.layers.Rescaling(1.0 / 64.0, name="input_scale")(inputs)
+    # At least 16 stem channels: narrower 3-channel stride-2 convs crash the backward pass of
+    # some oneDNN CPU builds (seen with PyTorch 2.13 and TensorFlow 2.21).
+    x = _conv_bn(x, max(16, widths[0] // 2), 3, 2, "stem")
+    features = []
+    for i, width in enumerate(widths):
+        x = _basic_block(x, width, 2, f"stage{i + 2}")
+        features.append(x)
+    model = keras.Model(inputs, features[1:], name="compact_backbone")
+    if weights is not None:
+        weights = os.fspath(weights)
+        if not os.path.isfile(weights):
+            raise ValueError(f"weights must be None or an existing file, got {weights!r}")
+        model.load_weights(weights)
+    return model
+
+
+_BACKBONES = {"resnet50": resnet50_backbone, "compact": compact_backbone}
 
 
 def register_backbone(name, factory):

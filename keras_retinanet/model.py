@@ -5,8 +5,11 @@ from keras import ops
 
 from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.backbone import get_backbone
+from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.fpn import FeaturePyramid
 from keras_retinanet.heads import PredictionHead, prior_bias
+from keras_retinanet.label_encoder import LabelEncoder
+from keras_retinanet.losses import RetinaNetLoss
 
 
 @keras.saving.register_keras_serializable(package="keras_retinanet")
@@ -24,6 +27,12 @@ class RetinaNet(keras.Model):
         fpn_filters: channels of the pyramid and of the head convs (256).
         head_convs: hidden convs in each head (4).
         prior_probability: initial class probability (0.01, paper and keras.io).
+        box_coder: the ``BoxCoder`` relating box outputs to anchors (variance 0.1, 0.1, 0.2,
+            0.2 when ``None``).
+
+    Training: ``compile()`` defaults the loss to ``RetinaNetLoss(num_classes)``; ``fit`` takes
+    ``y = {"boxes": [N, M, 4] xyxy input pixels, "classes": [N, M] (-1 = padding)}``, encoded
+    to anchor targets inside the train step (or targets already encoded by ``LabelEncoder``).
 
     Call args:
         images: ``[N, H, W, 3]`` float RGB images preprocessed as
@@ -45,6 +54,7 @@ class RetinaNet(keras.Model):
         fpn_filters=256,
         head_convs=4,
         prior_probability=0.01,
+        box_coder=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,6 +66,10 @@ class RetinaNet(keras.Model):
         self.fpn_filters = int(fpn_filters)
         self.head_convs = int(head_convs)
         self.prior_probability = float(prior_probability)
+        self.box_coder = box_coder or BoxCoder()
+        self.label_encoder = LabelEncoder(
+            anchor_generator=self.anchor_generator, box_coder=self.box_coder
+        )
         k = self.anchor_generator.num_anchors_per_location
         self.fpn = FeaturePyramid(filters=self.fpn_filters, name="fpn", dtype=self.dtype_policy)
         self.cls_head = PredictionHead(
@@ -100,6 +114,24 @@ class RetinaNet(keras.Model):
         # numerically safe losses and decoding.
         return ops.cast(ops.concatenate([box_outputs, cls_outputs], axis=-1), "float32")
 
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """``keras.Model.compile`` with ``RetinaNetLoss(num_classes)`` as the default loss."""
+        if loss is None:
+            loss = RetinaNetLoss(self.num_classes)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def encode_targets(self, images, y):
+        """``{"boxes", "classes"}`` padded ground truth -> ``[N, A, 5]`` anchor targets."""
+        shape = ops.shape(images)
+        return self.label_encoder.encode((shape[1], shape[2]), y["boxes"], y["classes"])
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if isinstance(y, dict):
+            y = self.encode_targets(x, y)
+        return super().compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+
     def compute_output_shape(self, input_shape):
         h, w = input_shape[1], input_shape[2]
         anchors = None if h is None or w is None else self.anchor_generator.num_anchors(h, w)
@@ -115,6 +147,7 @@ class RetinaNet(keras.Model):
                 "fpn_filters": self.fpn_filters,
                 "head_convs": self.head_convs,
                 "prior_probability": self.prior_probability,
+                "box_coder": keras.saving.serialize_keras_object(self.box_coder),
             }
         )
         return config
@@ -123,9 +156,9 @@ class RetinaNet(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        config["anchor_generator"] = keras.saving.deserialize_keras_object(
-            config["anchor_generator"]
-        )
+        for key in ("anchor_generator", "box_coder"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
 
