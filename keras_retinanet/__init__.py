@@ -13,6 +13,7 @@ from keras_retinanet.backbone import (
 )
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.boxes import center_to_corners, corners_to_center, pairwise_iou
+from keras_retinanet.decoder import DecodePredictions, RetinaNetDetector
 from keras_retinanet.fpn import FeaturePyramid
 from keras_retinanet.heads import PredictionHead, prior_bias
 from keras_retinanet.label_encoder import LabelEncoder
@@ -24,10 +25,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AnchorGenerator",
     "BoxCoder",
+    "DecodePredictions",
     "FeaturePyramid",
     "LabelEncoder",
     "PredictionHead",
     "RetinaNet",
+    "RetinaNetDetector",
     "RetinaNetLoss",
     "center_to_corners",
     "compact_backbone",

@@ -1,62 +1,424 @@
-"""Command-line interface: ``python -m keras_retinanet <command>`` or ``keras-retinanet``."""
+"""Command-line interface: ``python -m keras_retinanet <command>`` or ``keras-retinanet``.
+
+Commands: ``train``, ``evaluate``, ``predict``, ``demo`` (shapes dataset -> train -> mAP ->
+picture, on the active ``KERAS_BACKEND``) and ``shapes`` (write the synthetic dataset).
+"""
 
 import argparse
-import importlib.util
+import json
 import os
-import subprocess
 import sys
+import time
 
-BACKENDS = ("tensorflow", "jax", "torch")
+#: Settings the demo uses (and ``train`` defaults to): a compact backbone and anchors one
+#: octave smaller than the paper's, sized for 128 x 128 images whose objects are 10-64 px.
+DEMO_IMAGE_SIZE = 128
+DEMO_ANCHOR_AREAS = (16.0**2, 32.0**2, 64.0**2, 128.0**2, 256.0**2)
+RUN_FILE = "run.json"
 
 
-def _shapes(args):
-    """Builds the default RetinaNet on the active backend and prints its output shape."""
+def _fail(message):
+    """Exits with status 2 and a one-line message, argparse-style, without a traceback."""
+    print(f"keras-retinanet: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _require_file(path, what):
+    if path is None or not os.path.isfile(path):
+        _fail(f"{what} {path!r} is not an existing file")
+
+
+def _require_dir(path, what):
+    if path is None or not os.path.isdir(path):
+        _fail(f"{what} {path!r} is not an existing directory")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _sizes(run):
+    return {
+        "min_side": run["min_side"],
+        "max_side": run["max_side"],
+        "stride": run["stride"],
+        "image_size": tuple(run["image_size"]) if run.get("image_size") else None,
+    }
+
+
+def _load_run(model_path):
+    """The model and the ``run.json`` written beside it by ``train``."""
     import keras
-    import numpy as np
 
-    from keras_retinanet import RetinaNet
+    import keras_retinanet  # noqa: F401  (registers the serializable classes)
 
-    model = RetinaNet(num_classes=args.num_classes)
-    images = np.zeros((args.batch, args.size, args.size, 3), "float32")
-    outputs = model(images)
-    anchors = model.anchor_generator.num_anchors(args.size, args.size)
-    print(
-        f"{keras.backend.backend():>10}: RetinaNet(num_classes={args.num_classes}) on "
-        f"{images.shape} -> {tuple(outputs.shape)}, {anchors} anchors"
+    _require_file(model_path, "--model")
+    run_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), RUN_FILE)
+    run = {}
+    if os.path.isfile(run_path):
+        with open(run_path) as f:
+            run = json.load(f)
+    model = keras.saving.load_model(model_path)
+    return model, run
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def train(args):
+    import keras
+
+    from keras_retinanet import AnchorGenerator, RetinaNet
+    from keras_retinanet.data import CocoDataset, DetectionDataset, InferenceBatches
+    from keras_retinanet.evaluation import CocoEvaluationCallback
+    from keras_retinanet.inference import detect_batch
+
+    _require_file(args.train_annotations, "--train-annotations")
+    _require_dir(args.train_images, "--train-images")
+    if (args.val_annotations is None) != (args.val_images is None):
+        _fail("--val-annotations and --val-images must be given together")
+    if args.val_annotations is not None:
+        _require_file(args.val_annotations, "--val-annotations")
+        _require_dir(args.val_images, "--val-images")
+    keras.utils.set_random_seed(args.seed)
+    train_set = CocoDataset(args.train_annotations, args.train_images)
+    if len(train_set) == 0:
+        _fail(f"--train-annotations {args.train_annotations!r} lists no images")
+    size = args.image_size
+    run = {
+        "backend": keras.backend.backend(),
+        "min_side": size,
+        "max_side": size,
+        "stride": 128,
+        "image_size": [size, size],
+        "class_names": list(train_set.class_names),
+        "class_to_category_id": [int(c) for c in train_set.class_to_category_id],
+    }
+    batches = DetectionDataset(
+        train_set,
+        batch_size=args.batch_size,
+        training=True,
+        seed=args.seed,
+        workers=args.workers,
+        **_sizes(run),
     )
+    areas = DEMO_ANCHOR_AREAS if args.anchors == "small" else None
+    anchor_generator = AnchorGenerator(areas=areas) if areas else AnchorGenerator()
+    model = RetinaNet(
+        num_classes=train_set.num_classes,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        anchor_generator=anchor_generator,
+        fpn_filters=args.fpn_filters,
+        head_convs=args.head_convs,
+    )
+    steps = args.epochs * len(batches)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps, warmup_target=args.learning_rate, warmup_steps=max(1, min(100, steps // 10))
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, global_clipnorm=10.0)
+    )
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, RUN_FILE), "w") as f:
+        json.dump(run, f, indent=2)
+    model_path = os.path.join(args.output, "model.keras")
+    callbacks = []
+    if args.val_annotations is not None:
+        val_set = CocoDataset(args.val_annotations, args.val_images)
+        detector = model.make_detector()
+        callbacks.append(
+            CocoEvaluationCallback(
+                lambda images: detect_batch(detector, images),
+                InferenceBatches(val_set, batch_size=args.batch_size, **_sizes(run)),
+                args.val_annotations,
+                every_n_epochs=args.eval_every,
+                class_to_category_id=val_set.class_to_category_id,
+            )
+        )
+    callbacks.append(keras.callbacks.ModelCheckpoint(model_path))
+    start = time.time()
+    model.fit(batches, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose)
+    print(f"trained {args.epochs} epochs in {time.time() - start:.0f} s -> {model_path}")
+    return model, run
+
+
+# ------------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(model, run, annotations, images, batch_size):
+    from keras_retinanet.data import CocoDataset, InferenceBatches
+    from keras_retinanet.inference import evaluate_detector
+
+    dataset = CocoDataset(annotations, images)
+    batches = InferenceBatches(dataset, batch_size=batch_size, **_sizes(run))
+    return evaluate_detector(
+        model.make_detector(),
+        batches,
+        annotations,
+        class_to_category_id=dataset.class_to_category_id,
+    )
+
+
+def evaluate(args):
+    _require_file(args.model, "--model")
+    _require_file(args.annotations, "--annotations")
+    _require_dir(args.images, "--images")
+    model, run = _load_run(args.model)
+    run = {**_default_run(), **run}
+    stats, _ = _evaluate(model, run, args.annotations, args.images, args.batch_size)
+    for name in ("AP", "AP50", "AP75"):
+        print(f"{name}: {stats[name]:.4f}")
+    print(f"mAP@0.5: {stats['AP50']:.4f}")
     return 0
 
 
-def _demo(args):
-    """Runs ``shapes`` once per installed backend, each in its own process."""
-    installed = [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
-    if not installed:
-        print(
-            "No Keras backend installed: pip install 'keras3-retinanet[jax]' (or tensorflow/torch)"
-        )
-        return 1
-    status = 0
-    for backend in installed:
-        cmd = [sys.executable, "-m", "keras_retinanet", "shapes", "--size", str(args.size)]
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        status |= subprocess.run(cmd, env=env).returncode
-    return status
+def _default_run():
+    size = DEMO_IMAGE_SIZE
+    return {"min_side": size, "max_side": size, "stride": 128, "image_size": [size, size]}
+
+
+# -------------------------------------------------------------------------------- predict
+
+
+def _draw(model, run, image_paths, output, score_threshold, batch_size):
+    """Detects objects in ``image_paths``; writes annotated PNGs and ``detections.json``."""
+    import keras
+
+    from keras_retinanet.data import InferenceBatches
+    from keras_retinanet.data.preprocessing import load_image
+    from keras_retinanet.inference import detect_batch
+    from keras_retinanet.visualization import draw_detections
+
+    records = [{"image_id": i, "path": p} for i, p in enumerate(image_paths)]
+    for record in records:
+        image = load_image(record["path"])
+        record["height"], record["width"] = image.shape[:2]
+    batches = InferenceBatches(records, batch_size=batch_size, **_sizes(run))
+    detector = model.make_detector()
+    names = run.get("class_names") or [str(i) for i in range(model.num_classes)]
+    os.makedirs(output, exist_ok=True)
+    results, written = [], []
+    progress = keras.utils.Progbar(len(records), unit_name="image")
+    for images, meta in batches:
+        boxes, scores, classes, valid = detect_batch(detector, images)
+        for row, image_id in enumerate(meta["image_id"]):
+            record = records[int(image_id)]
+            n = int(valid[row])
+            ratio = float(meta["ratio"][row])
+            h, w = record["height"], record["width"]
+            b = boxes[row, :n] / ratio
+            b[:, 0::2] = b[:, 0::2].clip(0, w)
+            b[:, 1::2] = b[:, 1::2].clip(0, h)
+            keep = scores[row, :n] >= score_threshold
+            stem = os.path.splitext(os.path.basename(record["path"]))[0]
+            path = os.path.join(output, f"{stem}_detections.png")
+            draw_detections(
+                load_image(record["path"]),
+                b[keep],
+                classes[row, :n][keep],
+                scores[row, :n][keep],
+                class_names=names,
+                path=path,
+            )
+            written.append(path)
+            for box, score, cls in zip(b, scores[row, :n], classes[row, :n], strict=True):
+                results.append(
+                    {
+                        "file_name": os.path.basename(record["path"]),
+                        "image_id": int(image_id),
+                        "category_id": int(run.get("class_to_category_id", range(10**6))[int(cls)]),
+                        "class_name": names[int(cls)],
+                        "bbox": [round(float(v), 2) for v in (*box[:2], *(box[2:] - box[:2]))],
+                        "score": round(float(score), 5),
+                    }
+                )
+        progress.add(len(meta["image_id"]))
+    with open(os.path.join(output, "detections.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return written, results
+
+
+def _image_paths(inputs):
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            paths += sorted(
+                os.path.join(item, name)
+                for name in os.listdir(item)
+                if name.lower().endswith((".png", ".jpg", ".jpeg", ".bmp"))
+            )
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            _fail(f"--images entry {item!r} is neither a file nor a directory")
+    if not paths:
+        _fail("--images holds no .png/.jpg/.jpeg/.bmp images")
+    return paths
+
+
+def predict(args):
+    _require_file(args.model, "--model")
+    paths = _image_paths(args.images)
+    model, run = _load_run(args.model)
+    run = {**_default_run(), **run}
+    written, results = _draw(model, run, paths, args.output, args.score_threshold, args.batch_size)
+    print(f"{len(results)} detections in {len(written)} images -> {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- demo
+
+
+def demo(args):
+    import keras
+
+    from keras_retinanet.data import generate_shapes_dataset
+
+    start = time.time()
+    print(f"backend: {keras.backend.backend()}")
+    paths = generate_shapes_dataset(
+        os.path.join(args.output, "shapes"), num_train=args.num_train, num_val=args.num_val
+    )
+    print(f"shapes dataset: {args.num_train} train / {args.num_val} val images -> {paths.root}")
+    train_args = argparse.Namespace(
+        train_annotations=paths.train_annotations,
+        train_images=paths.train_images,
+        val_annotations=None,
+        val_images=None,
+        output=args.output,
+        backbone="compact",
+        backbone_weights=None,
+        anchors="small",
+        fpn_filters=64,
+        head_convs=2,
+        image_size=DEMO_IMAGE_SIZE,
+        epochs=args.epochs,
+        batch_size=16,
+        learning_rate=3e-3,
+        workers=1,
+        seed=args.seed,
+        eval_every=1,
+        verbose=args.verbose,
+    )
+    model, run = train(train_args)
+    stats, _ = _evaluate(model, run, paths.val_annotations, paths.val_images, 20)
+    print(f"AP: {stats['AP']:.4f}  AP75: {stats['AP75']:.4f}")
+    val_images = sorted(os.listdir(paths.val_images))[:4]
+    written, _ = _draw(
+        model,
+        run,
+        [os.path.join(paths.val_images, name) for name in val_images],
+        os.path.join(args.output, "predictions"),
+        0.3,
+        4,
+    )
+    print(f"detections drawn: {written[0]} (+{len(written) - 1} more)")
+    print(f"wall time: {time.time() - start:.0f} s")
+    print(f"mAP@0.5: {stats['AP50']:.4f}")
+    return 0
+
+
+def shapes(args):
+    from keras_retinanet.data import generate_shapes_dataset
+
+    paths = generate_shapes_dataset(
+        args.output, num_train=args.num_train, num_val=args.num_val, seed=args.seed
+    )
+    print(json.dumps({k: str(v) for k, v in paths._asdict().items()}, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------- parser
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="keras-retinanet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="keras-retinanet",
+        description="RetinaNet for Keras 3; the backend is taken from KERAS_BACKEND.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    shapes = sub.add_parser("shapes", help="build the model on the active backend, print shapes")
-    shapes.add_argument("--size", type=int, default=512)
-    shapes.add_argument("--batch", type=int, default=2)
-    shapes.add_argument("--num-classes", type=int, default=80)
-    shapes.set_defaults(func=_shapes)
-    demo = sub.add_parser("demo", help="build the model on every installed backend")
-    demo.add_argument("--size", type=int, default=512)
-    demo.set_defaults(func=_demo)
+
+    p = sub.add_parser("train", help="train on a COCO-format dataset")
+    p.add_argument("--train-annotations", required=True, help="COCO instances JSON")
+    p.add_argument("--train-images", required=True, help="folder of the training images")
+    p.add_argument("--val-annotations", help="COCO JSON evaluated after every --eval-every epochs")
+    p.add_argument("--val-images")
+    p.add_argument("--output", default="runs/train", help="folder for model.keras and run.json")
+    p.add_argument("--backbone", default="compact", help="registered backbone (compact, resnet50)")
+    p.add_argument("--backbone-weights", help="local weights file for the backbone")
+    p.add_argument(
+        "--anchors",
+        choices=("small", "paper"),
+        default="small",
+        help="anchor areas 16^2..256^2 (small images) or the paper's 32^2..512^2",
+    )
+    p.add_argument("--fpn-filters", type=_positive(int), default=64)
+    p.add_argument("--head-convs", type=_positive(int), default=2)
+    p.add_argument("--image-size", type=_positive(int), default=DEMO_IMAGE_SIZE)
+    p.add_argument("--epochs", type=_positive(int), default=30)
+    p.add_argument("--batch-size", type=_positive(int), default=16)
+    p.add_argument("--learning-rate", type=_positive(float), default=3e-3)
+    p.add_argument("--workers", type=_positive(int), default=1)
+    p.add_argument("--eval-every", type=_positive(int), default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    p.set_defaults(func=lambda a: train(a) and 0)
+
+    p = sub.add_parser("evaluate", help="COCO AP of a trained model")
+    p.add_argument("--model", required=True, help="model.keras written by train")
+    p.add_argument("--annotations", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--batch-size", type=_positive(int), default=8)
+    p.set_defaults(func=evaluate)
+
+    p = sub.add_parser("predict", help="draw detections and write a COCO-results JSON")
+    p.add_argument("--model", required=True)
+    p.add_argument("--images", required=True, nargs="+", help="image files or folders")
+    p.add_argument("--output", default="runs/predict")
+    p.add_argument("--score-threshold", type=_fraction, default=0.3)
+    p.add_argument("--batch-size", type=_positive(int), default=4)
+    p.set_defaults(func=predict)
+
+    # 800 images x 30 epochs reach mAP@0.5 ~0.85-0.9 in a few CPU minutes; 400 x 60 (the same
+    # steps) overfits to ~0.82.
+    p = sub.add_parser("demo", help="shapes dataset -> train -> evaluate -> picture")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--epochs", type=_positive(int), default=30)
+    p.add_argument("--num-train", type=_positive(int), default=800)
+    p.add_argument("--num-val", type=_positive(int), default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    p.set_defaults(func=demo)
+
+    p = sub.add_parser("shapes", help="write the synthetic shapes dataset (COCO format)")
+    p.add_argument("--output", default="runs/shapes")
+    p.add_argument("--num-train", type=_positive(int), default=400)
+    p.add_argument("--num-val", type=_positive(int), default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=shapes)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return args.func(args) or 0

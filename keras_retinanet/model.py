@@ -120,6 +120,26 @@ class RetinaNet(keras.Model):
             loss = RetinaNetLoss(self.num_classes)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
+    def compile_from_config(self, config):
+        """Restores ``compile()`` arguments from a ``.keras`` file (optimizer state included)."""
+        super().compile_from_config(config)
+
+    def make_detector(self, **decoder_kwargs):
+        """A ``RetinaNetDetector`` sharing this model's weights.
+
+        ``decoder_kwargs`` go to ``DecodePredictions`` (``confidence_threshold``,
+        ``nms_iou_threshold``, ``max_detections_per_class``, ``max_detections``).
+        """
+        from keras_retinanet.decoder import DecodePredictions, RetinaNetDetector
+
+        decoder = DecodePredictions(
+            num_classes=self.num_classes,
+            anchor_generator=self.anchor_generator,
+            box_coder=self.box_coder,
+            **decoder_kwargs,
+        )
+        return RetinaNetDetector(self, decoder)
+
     def encode_targets(self, images, y):
         """``{"boxes", "classes"}`` padded ground truth -> ``[N, A, 5]`` anchor targets."""
         shape = ops.shape(images)

@@ -1,0 +1,177 @@
+"""Turning raw RetinaNet outputs into detections (SPEC §5)."""
+
+import keras
+from keras import layers, ops
+
+from keras_retinanet.anchors import AnchorGenerator
+from keras_retinanet.box_coding import BoxCoder
+from keras_retinanet.ops import combined_non_max_suppression
+
+
+@keras.saving.register_keras_serializable(package="keras_retinanet")
+class DecodePredictions(layers.Layer):
+    """Decodes boxes against the anchors, applies sigmoid and per-class NMS.
+
+    Defaults are the keras.io example's (confidence 0.05, IoU 0.5, 100 per class, 100 in all):
+    a low confidence threshold keeps recall for COCO-style AP, which integrates over scores.
+
+    On TensorFlow the NMS is ``tf.image.combined_non_max_suppression``, which XLA cannot
+    compile: the layer sets ``supports_jit = False`` there so that ``model.predict`` of a
+    model containing it runs as a (non-XLA) ``tf.function``. On JAX and PyTorch it is the
+    library's own exact implementation and compiles.
+
+    Args:
+        num_classes: ``C``, the model's class count.
+        confidence_threshold: minimum score of a kept box (strictly greater, as TF).
+        nms_iou_threshold: a box is suppressed by a higher-scoring one of the same class when
+            their IoU is strictly greater than this.
+        max_detections_per_class: boxes kept per class and image.
+        max_detections: boxes returned per image.
+        anchor_generator: the model's ``AnchorGenerator`` (keras.io defaults when ``None``).
+        box_coder: the model's ``BoxCoder``.
+
+    Call args:
+        images: ``[B, H, W, 3]`` network input; only its static or dynamic ``H, W`` are used
+            (the anchors of the padded input size).
+        predictions: ``[B, A, 4 + C]`` raw model outputs.
+
+    Returns:
+        dict of ``boxes [B, K, 4]`` float32 ``[x1, y1, x2, y2]`` in input pixels,
+        ``scores [B, K]`` float32, ``classes [B, K]`` int32 and ``num_detections [B]`` int32,
+        with ``K = max_detections``; rows past ``num_detections`` are zeros.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes=80,
+        confidence_threshold=0.05,
+        nms_iou_threshold=0.5,
+        max_detections_per_class=100,
+        max_detections=100,
+        anchor_generator=None,
+        box_coder=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not 0.0 <= nms_iou_threshold <= 1.0:
+            raise ValueError(f"nms_iou_threshold must be in [0, 1], got {nms_iou_threshold!r}")
+        for name, value in (
+            ("max_detections_per_class", max_detections_per_class),
+            ("max_detections", max_detections),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.num_classes = int(num_classes)
+        self.confidence_threshold = float(confidence_threshold)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections_per_class = int(max_detections_per_class)
+        self.max_detections = int(max_detections)
+        self.anchor_generator = anchor_generator or AnchorGenerator()
+        self.box_coder = box_coder or BoxCoder()
+        self.supports_jit = keras.backend.backend() != "tensorflow"
+
+    def call(self, images, predictions):
+        predictions = ops.cast(predictions, "float32")
+        if predictions.shape[-1] is not None and predictions.shape[-1] != 4 + self.num_classes:
+            raise ValueError(
+                f"predictions must be [batch, anchors, 4 + num_classes={4 + self.num_classes}], "
+                f"got shape {predictions.shape}"
+            )
+        shape = ops.shape(images)
+        anchors = self.anchor_generator(shape[1], shape[2])  # [A, 4]
+        boxes = self.box_coder.decode(predictions[..., :4], anchors)  # [B, A, 4]
+        scores = ops.sigmoid(predictions[..., 4:])  # [B, A, C]
+        nmsed_boxes, nmsed_scores, nmsed_classes, valid = combined_non_max_suppression(
+            boxes[:, :, None, :],  # [B, A, 1, 4]: one box shared by all classes
+            scores,
+            self.max_detections_per_class,
+            self.max_detections,
+            iou_threshold=self.nms_iou_threshold,
+            score_threshold=self.confidence_threshold,
+            clip_boxes=False,
+        )
+        return {
+            "boxes": nmsed_boxes,
+            "scores": nmsed_scores,
+            "classes": ops.cast(nmsed_classes, "int32"),
+            "num_detections": ops.cast(valid, "int32"),
+        }
+
+    def compute_output_spec(self, images, predictions):
+        batch = predictions.shape[0]
+        k = self.max_detections
+        return {
+            "boxes": keras.KerasTensor((batch, k, 4), "float32"),
+            "scores": keras.KerasTensor((batch, k), "float32"),
+            "classes": keras.KerasTensor((batch, k), "int32"),
+            "num_detections": keras.KerasTensor((batch,), "int32"),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "confidence_threshold": self.confidence_threshold,
+                "nms_iou_threshold": self.nms_iou_threshold,
+                "max_detections_per_class": self.max_detections_per_class,
+                "max_detections": self.max_detections,
+                "anchor_generator": keras.saving.serialize_keras_object(self.anchor_generator),
+                "box_coder": keras.saving.serialize_keras_object(self.box_coder),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("anchor_generator", "box_coder"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_retinanet")
+class RetinaNetDetector(keras.Model):
+    """A ``RetinaNet`` followed by ``DecodePredictions``: ``predict(images)`` gives detections.
+
+    Build one with ``RetinaNet.make_detector(...)``; it shares the trained model's weights.
+
+    Call args:
+        images: ``[B, H, W, 3]`` preprocessed images (see ``RetinaNet``).
+
+    Returns:
+        the ``DecodePredictions`` dict (``boxes``, ``scores``, ``classes``, ``num_detections``).
+    """
+
+    def __init__(self, model, decoder=None, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.decoder = decoder or DecodePredictions(
+            num_classes=model.num_classes,
+            anchor_generator=model.anchor_generator,
+            box_coder=model.box_coder,
+        )
+
+    def call(self, images, training=False):
+        return self.decoder(images, self.model(images, training=False))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "model": keras.saving.serialize_keras_object(self.model),
+                "decoder": keras.saving.serialize_keras_object(self.decoder),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
+        return cls(**config)

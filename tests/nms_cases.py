@@ -1,0 +1,256 @@
+"""Seeded ``combined_non_max_suppression`` cases and the comparison rule of SPEC §4.
+
+``generate_cases()`` returns at least 2000 reproducible cases covering batch 1-4, 0-5000 boxes
+(mostly small), 1-90 classes, shared and per-class boxes, IoU thresholds including exactly 0, 1
+and an IoU that occurs in the data, score thresholds including ``-inf``, NaN and a value equal
+to an existing score, both ``pad_per_class`` and ``clip_boxes``, inverted corners, zero-area
+boxes, coordinates below 0 and above 1, pixel-scale coordinates, NaN scores,
+``max_total_size`` above ``C * max_output_size_per_class`` and images with no candidate.
+
+Scores are distinct by default, so the result is fully determined; the ``ties`` cases draw
+scores from a handful of values and are compared with the tie rule of SPEC §4.
+"""
+
+import dataclasses
+
+import numpy as np
+
+NUM_CASES = 2000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Case:
+    """One call: ``combined_non_max_suppression(boxes, scores, **case.kwargs())``."""
+
+    index: int
+    boxes: np.ndarray  # [B, N, q, 4] float32
+    scores: np.ndarray  # [B, N, C] float32
+    max_output_size_per_class: int
+    max_total_size: int
+    iou_threshold: float
+    score_threshold: float
+    pad_per_class: bool
+    clip_boxes: bool
+    ties: bool = False
+
+    def kwargs(self):
+        return dict(
+            max_output_size_per_class=self.max_output_size_per_class,
+            max_total_size=self.max_total_size,
+            iou_threshold=self.iou_threshold,
+            score_threshold=self.score_threshold,
+            pad_per_class=self.pad_per_class,
+            clip_boxes=self.clip_boxes,
+        )
+
+    def __repr__(self):
+        b, n, q, _ = self.boxes.shape
+        return (
+            f"Case(#{self.index}, B={b}, N={n}, q={q}, C={self.scores.shape[2]}, "
+            f"per_class={self.max_output_size_per_class}, total={self.max_total_size}, "
+            f"iou={self.iou_threshold!r}, score={self.score_threshold!r}, "
+            f"pad={self.pad_per_class}, clip={self.clip_boxes}, ties={self.ties})"
+        )
+
+
+def _iou32(a, b):
+    """float32 IoU of two boxes, TensorFlow's arithmetic."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    lo_a, hi_a = np.minimum(a[:2], a[2:]), np.maximum(a[:2], a[2:])
+    lo_b, hi_b = np.minimum(b[:2], b[2:]), np.maximum(b[:2], b[2:])
+    area_a = (hi_a[0] - lo_a[0]) * (hi_a[1] - lo_a[1])
+    area_b = (hi_b[0] - lo_b[0]) * (hi_b[1] - lo_b[1])
+    if area_a <= 0 or area_b <= 0:
+        return np.float32(0)
+    side = np.maximum(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), np.float32(0))
+    inter = side[0] * side[1]
+    return inter / (area_a + area_b - inter)
+
+
+def _draw_boxes(rng, shape):
+    """``[..., 4]`` boxes in one of several styles, with inverted and degenerate ones."""
+    style = rng.choice(["unit", "clustered", "pixel", "wide"])
+    n_total = int(np.prod(shape[:-1]))
+    if style == "pixel":
+        centre = rng.uniform(0, 1000, (n_total, 2))
+        size = rng.uniform(1, 300, (n_total, 2))
+    elif style == "clustered":  # heavy overlaps
+        k = max(1, n_total // 20)
+        centres = rng.uniform(0, 1, (k, 2))
+        centre = centres[rng.integers(k, size=n_total)] + rng.normal(0, 0.03, (n_total, 2))
+        size = rng.uniform(0.05, 0.4, (n_total, 2)) * rng.uniform(0.8, 1.2)
+    elif style == "wide":  # coordinates well outside [0, 1]
+        centre = rng.uniform(-1, 2, (n_total, 2))
+        size = rng.uniform(0.1, 2, (n_total, 2))
+    else:
+        centre = rng.uniform(-0.1, 1.1, (n_total, 2))
+        size = rng.uniform(0.01, 0.6, (n_total, 2))
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    invert = rng.random(n_total) < rng.choice([0.0, 0.3])
+    boxes[invert] = boxes[invert][:, [2, 3, 0, 1]]
+    swap_axes = rng.random(n_total) < rng.choice([0.0, 0.2])
+    boxes[swap_axes] = boxes[swap_axes][:, [0, 3, 2, 1]]
+    degenerate = rng.random(n_total) < rng.choice([0.0, 0.05, 0.2])
+    boxes[degenerate, 2] = boxes[degenerate, 0]  # zero area
+    return boxes.reshape(shape).astype(np.float32)
+
+
+def _draw_case(rng, index):
+    batch = int(rng.integers(1, 5))
+    r = rng.random()
+    if r < 0.05:
+        n = 0
+    elif r < 0.7:
+        n = int(rng.integers(1, 65))
+    elif r < 0.93:
+        n = int(rng.integers(65, 601))
+    else:
+        n = int(rng.integers(601, 5001))
+    r = rng.random()
+    num_classes = int(
+        rng.integers(1, 6)
+        if r < 0.35
+        else rng.integers(6, 31)
+        if r < 0.85
+        else rng.integers(31, 91)
+    )
+    if n > 600:  # keep the reference and the parity run fast
+        batch, num_classes = min(batch, 2), min(num_classes, 12)
+    q = num_classes if rng.random() < 0.5 else 1
+    boxes = _draw_boxes(rng, (batch, n, q, 4))
+
+    ties = rng.random() < 0.1
+    size = batch * n * num_classes
+    if ties:
+        levels = rng.choice([2, 3, 5])
+        scores = rng.integers(1, levels + 1, size) / np.float32(levels)
+    else:  # distinct values
+        scores = (rng.permutation(size) + 1) / np.float32(size + 1)
+        if rng.random() < 0.2:
+            # Negative scores too, but above -1: TensorFlow 2.21 leaks its padding slots
+            # (score -1, class -1) into the output when a kept score is below -1.
+            scores = scores * 1.8 - 0.9
+    scores = scores.reshape(batch, n, num_classes).astype(np.float32)
+    if size and rng.random() < 0.05:
+        scores[rng.random(scores.shape) < 0.2] = np.nan
+
+    finite = scores[np.isfinite(scores)]
+    r = rng.random()
+    if r < 0.25 or not finite.size:
+        score_threshold = float("-inf")
+    elif r < 0.5:
+        score_threshold = float(rng.choice(finite))  # equal to an existing score
+    elif r < 0.9:
+        score_threshold = float(np.quantile(finite, rng.uniform(0, 0.98)))
+    elif r < 0.97:
+        score_threshold = float(finite.max()) + 1.0  # nothing above the threshold
+    else:
+        score_threshold = float("nan")
+    if n and batch > 1 and rng.random() < 0.15:
+        scores[0] = np.minimum(
+            scores[0], np.float32(score_threshold) if np.isfinite(score_threshold) else scores[0]
+        )  # empty image
+
+    r = rng.random()
+    if r < 0.12:
+        iou_threshold = 0.0
+    elif r < 0.22:
+        iou_threshold = 1.0
+    elif r < 0.35 and n >= 2:  # an IoU that occurs in the data (boundary of "> threshold")
+        i, j = rng.integers(n, size=2)
+        iou_threshold = float(_iou32(boxes[0, i, 0], boxes[0, j, 0]))
+    else:
+        iou_threshold = float(np.float32(rng.uniform(0.05, 0.95)))
+
+    per_class = int(rng.integers(1, max(2, min(n, 150)) + 1))
+    if rng.random() < 0.15:
+        total = int(rng.integers(per_class * num_classes + 1, per_class * num_classes + 50))
+    else:
+        total = int(rng.integers(1, max(2, min(per_class * num_classes, 300)) + 1))
+    return Case(
+        index=index,
+        boxes=boxes,
+        scores=scores,
+        max_output_size_per_class=per_class,
+        max_total_size=total,
+        iou_threshold=iou_threshold,
+        score_threshold=score_threshold,
+        pad_per_class=bool(rng.random() < 0.5),
+        clip_boxes=bool(rng.random() < 0.5),
+        ties=bool(ties),
+    )
+
+
+def generate_cases(count=NUM_CASES, seed=20240611):
+    """``count`` reproducible :class:`Case` objects."""
+    rng = np.random.default_rng(seed)
+    return [_draw_case(rng, i) for i in range(count)]
+
+
+def _as_numpy(outputs):
+    return [np.asarray(x) for x in outputs]
+
+
+def _row_keys(boxes, scores, classes, valid):
+    """Multiset of ``(class, score, box)`` rows of one image."""
+    return sorted(
+        (int(classes[r]), float(scores[r]), tuple(np.round(boxes[r].astype(np.float64), 4)))
+        for r in range(int(valid))
+    )
+
+
+def assert_same_detections(actual, expected, *, case=None, atol=1e-6):
+    """Asserts that two ``(boxes, scores, classes, valid)`` results agree (SPEC §4).
+
+    Shapes and dtypes must match. Without ties (``case.ties`` false), valid counts and classes
+    must be equal and boxes and scores within ``atol`` (relative for coordinates beyond 1).
+    With ties, rows past ``valid_detections`` must still be zero, the rows must be sorted by
+    score, and the kept ``(class, box)`` pairs may differ only among candidates whose score is
+    shared with another candidate of the image.
+    """
+    actual, expected = _as_numpy(actual), _as_numpy(expected)
+    names = ("nmsed_boxes", "nmsed_scores", "nmsed_classes", "valid_detections")
+    for name, a, e in zip(names, actual, expected, strict=True):
+        assert a.shape == e.shape, f"{name}: shape {a.shape} != {e.shape} ({case})"
+    assert actual[3].dtype == np.int32, f"valid_detections dtype {actual[3].dtype}"
+    for name, a in zip(names[:3], actual[:3], strict=False):
+        assert a.dtype == np.float32, f"{name} dtype {a.dtype}"
+    a_boxes, a_scores, a_classes, a_valid = actual
+    e_boxes, e_scores, e_classes, e_valid = expected
+    k = a_scores.shape[1]
+    past = np.arange(k)[None, :] >= a_valid[:, None]
+    assert not np.any(a_scores[past]) and not np.any(a_classes[past]), f"padding not zero {case}"
+    assert not np.any(a_boxes[past]), f"padded boxes not zero ({case})"
+
+    if case is None or not case.ties:
+        np.testing.assert_array_equal(a_valid, e_valid, err_msg=f"valid_detections {case}")
+        np.testing.assert_array_equal(a_classes, e_classes, err_msg=f"classes {case}")
+        np.testing.assert_allclose(a_scores, e_scores, rtol=0, atol=atol, err_msg=f"{case}")
+        scale = np.maximum(1.0, np.abs(e_boxes))
+        np.testing.assert_array_less(
+            np.abs(a_boxes - e_boxes), atol * scale + 1e-30, err_msg=f"boxes {case}"
+        )
+        return
+
+    for b in range(a_scores.shape[0]):
+        valid = int(a_valid[b])
+        assert np.all(np.diff(a_scores[b, :valid]) <= 0), f"image {b} not sorted ({case})"
+        candidates = case.scores[b][case.scores[b] > np.float32(case.score_threshold)]
+        values, counts = np.unique(candidates, return_counts=True)
+        tied = set(values[counts > 1].tolist())
+        got = _row_keys(a_boxes[b], a_scores[b], a_classes[b], a_valid[b])
+        want = _row_keys(e_boxes[b], e_scores[b], e_classes[b], e_valid[b])
+        extra = _multiset_difference(got, want) + _multiset_difference(want, got)
+        untied = [row for row in extra if row[1] not in tied]
+        assert not untied, f"image {b}: rows differ beyond tied scores {untied[:3]} ({case})"
+
+
+def _multiset_difference(a, b):
+    rest = list(b)
+    out = []
+    for item in a:
+        if item in rest:
+            rest.remove(item)
+        else:
+            out.append(item)
+    return out

@@ -1,0 +1,112 @@
+"""Every generated case on TensorFlow, JAX and PyTorch against
+``tf.image.combined_non_max_suppression`` itself (run with ``pytest -m parity -s``).
+
+TensorFlow runs in this process; JAX and PyTorch run in a subprocess each (with their own
+``KERAS_BACKEND``, calling the per-backend module directly), since TensorFlow and JAX loaded in
+one process can crash.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from nms_cases import assert_same_detections, generate_cases
+
+tf = pytest.importorskip("tensorflow")
+
+pytestmark = pytest.mark.parity
+
+CASES = generate_cases()
+_CHUNK = 500
+
+
+def _to_numpy(outputs):
+    return [np.asarray(x.cpu() if hasattr(x, "cpu") else x) for x in outputs]
+
+
+@pytest.fixture(scope="module")
+def tf_results():
+    return [
+        [x.numpy() for x in tf.image.combined_non_max_suppression(c.boxes, c.scores, **c.kwargs())]
+        for c in CASES
+    ]
+
+
+_RUNNER = """
+import importlib, pickle, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from nms_cases import generate_cases
+module = importlib.import_module("keras_retinanet.nms._{backend}")
+out = []
+for i, case in enumerate(generate_cases()[{start}:{stop}]):
+    result = module.combined_non_max_suppression(case.boxes, case.scores, **case.kwargs())
+    out.append([np.asarray(x.cpu() if hasattr(x, "cpu") else x) for x in result])
+    if "{backend}" == "jax" and i % 50 == 49:
+        import jax
+        jax.clear_caches()  # many compiled programs in one process exhaust memory maps
+with open({path!r}, "wb") as f:
+    pickle.dump(out, f)
+"""
+
+
+def _results(backend, tmp_path):
+    if backend == "tensorflow":
+        from keras_retinanet.nms import _tensorflow
+
+        return [
+            _to_numpy(_tensorflow.combined_non_max_suppression(c.boxes, c.scores, **c.kwargs()))
+            for c in CASES
+        ]
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    results = []
+    for start in range(0, len(CASES), _CHUNK):  # a fresh process per chunk bounds memory
+        path = str(tmp_path / f"{backend}-{start}.pkl")
+        stop = start + _CHUNK
+        code = _RUNNER.format(tests=tests, backend=backend, path=path, start=start, stop=stop)
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+        with open(path, "rb") as f:
+            results.extend(pickle.load(f))
+    return results
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_identical_to_tf(backend, tf_results, tmp_path):
+    pytest.importorskip(backend)
+    failures = []
+    results = _results(backend, tmp_path)
+    for case, expected, actual in zip(CASES, tf_results, results, strict=True):
+        try:
+            assert_same_detections(actual, expected, case=case)
+        except AssertionError as error:
+            failures.append(f"{case}: {str(error)[:300]}")
+    n = len(CASES)
+    print(
+        f"\n{backend}: {n - len(failures)}/{n} cases identical to "
+        "tf.image.combined_non_max_suppression"
+    )
+    assert not failures, "\n".join(failures[:5])
+
+
+def test_tf_leaks_padding_below_minus_one():
+    """TensorFlow 2.21 pads its per-class result slots with score -1 and class -1; a kept
+    score below -1 sorts after them, so TF returns a padding row as a detection. The library
+    follows SPEC §4 (kept boxes only); this test records TF's behaviour."""
+    from keras_retinanet.nms.reference import combined_non_max_suppression_reference
+
+    boxes = np.array([[[[0, 0, 1, 1]], [[2, 2, 3, 3]], [[4, 4, 5, 5]], [[6, 6, 7, 7]]]], np.float32)
+    scores = np.array([[[0.5], [-2.0], [-5.0], [np.nan]]], np.float32)
+    ours = combined_non_max_suppression_reference(boxes, scores, 4, 4, clip_boxes=False)
+    theirs = [
+        x.numpy()
+        for x in tf.image.combined_non_max_suppression(boxes, scores, 4, 4, clip_boxes=False)
+    ]
+    assert ours[2][0, :3].tolist() == [0, 0, 0]
+    assert ours[1][0, :3].tolist() == [0.5, -2.0, -5.0]
+    if theirs[2][0, 1] == -1:
+        print("\nTensorFlow returns a padding row (class -1, score -1) for kept scores < -1")
