@@ -4,7 +4,6 @@ The checks mirror those of ``tf.image.combined_non_max_suppression`` but run on 
 and Python scalars, before any computation, and raise ``ValueError`` naming the argument.
 """
 
-import math
 import operator
 
 
@@ -118,8 +117,3 @@ def output_size(max_output_size_per_class, max_total_size, num_classes, pad_per_
     if pad_per_class:
         return min(max_total_size, max_output_size_per_class * num_classes)
     return max_total_size
-
-
-def is_nan(value):
-    """``True`` for a float NaN (used for the score threshold)."""
-    return isinstance(value, float) and math.isnan(value)
