@@ -216,6 +216,8 @@ def _draw(model, run, image_paths, output, score_threshold, batch_size):
     batches = InferenceBatches(records, batch_size=batch_size, **_sizes(run))
     detector = model.make_detector()
     names = run.get("class_names") or [str(i) for i in range(model.num_classes)]
+    # Without run.json the classes are reported as their own (contiguous) category ids.
+    category_ids = run.get("class_to_category_id") or list(range(model.num_classes))
     os.makedirs(output, exist_ok=True)
     results, written = [], []
     progress = keras.utils.Progbar(len(records), unit_name="image")
@@ -246,7 +248,7 @@ def _draw(model, run, image_paths, output, score_threshold, batch_size):
                     {
                         "file_name": os.path.basename(record["path"]),
                         "image_id": int(image_id),
-                        "category_id": int(run.get("class_to_category_id", range(10**6))[int(cls)]),
+                        "category_id": int(category_ids[int(cls)]),
                         "class_name": names[int(cls)],
                         "bbox": [round(float(v), 2) for v in (*box[:2], *(box[2:] - box[:2]))],
                         "score": round(float(score), 5),
@@ -277,7 +279,7 @@ def _image_paths(inputs):
 
 
 def predict(args):
-    _require_file(args.model, "--model")
+    _require_file(args.model, "--model")  # before the (slower) image-folder scan
     paths = _image_paths(args.images)
     model, run = _load_run(args.model)
     run = {**_default_run(), **run}

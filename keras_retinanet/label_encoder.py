@@ -73,7 +73,8 @@ class LabelEncoder:
             classes = ops.full((batch, num_anchors, 1), NEGATIVE, "float32")
             return ops.concatenate([targets, classes], axis=-1)
         valid = gt_classes >= 0.0  # [B, M]
-        iou = pairwise_iou(center_to_corners(anchors)[None], gt_boxes)  # [B, A, M]
+        anchor_corners = center_to_corners(anchors)[None]  # [1, A, 4]
+        iou = pairwise_iou(anchor_corners, gt_boxes)  # [B, A, M]
         iou = ops.where(valid[:, None, :], iou, -1.0)
         max_iou = ops.max(iou, axis=-1)  # [B, A]
         matched = ops.argmax(iou, axis=-1)  # [B, A]
@@ -86,7 +87,7 @@ class LabelEncoder:
         )  # [B, A]
         # Only positives have a box target; elsewhere the matched box may be a padding row
         # whose log-size target would be -inf.
-        safe_boxes = ops.where(positive[..., None], matched_boxes, center_to_corners(anchors)[None])
+        safe_boxes = ops.where(positive[..., None], matched_boxes, anchor_corners)
         targets = self.box_coder.encode(safe_boxes, anchors)
         targets = ops.where(positive[..., None], targets, 0.0)
         return ops.concatenate([targets, classes[..., None]], axis=-1)
