@@ -248,6 +248,37 @@ def test_jax_large_input_runs_blocked():
     )
 
 
+def _late_duplicate():
+    """180 disjoint boxes, plus a copy of box 140 scored just below box 150: it is visited
+    when more than 128 boxes are kept, so it must be checked against kept rows past 128."""
+    n = 180
+    y = np.arange(n, dtype=np.float32) * 2
+    boxes = np.stack([y, np.zeros(n), y + 1, np.ones(n)], -1).astype(np.float32)
+    boxes = np.concatenate([boxes, boxes[140:141]])[None, :, None, :]
+    ranked = np.linspace(1, 0.5, n)
+    scores = np.concatenate([ranked, [ranked[150] - 1e-4]]).astype(np.float32)[None, :, None]
+    return boxes, scores
+
+
+@jax_only
+def test_jax_continuation_checks_every_kept_row():
+    import jax
+
+    from keras_retinanet.nms import _jax
+
+    boxes, scores = _late_duplicate()
+    args = (200, 200, 0.5, 0.0)
+    expected = reference(boxes, scores, *args, clip_boxes=False)
+    assert int(expected[3][0]) == 180  # the duplicate is suppressed
+    # Under jit the kept buffer holds 200 rows, not a multiple of the 128-row chunk.
+    fn = jax.jit(
+        lambda b, s: _jax.combined_non_max_suppression(
+            b, s, *args, clip_boxes=False, block_size=3
+        )
+    )
+    assert_same_detections(fn(boxes, scores), expected)
+
+
 # --- PyTorch specifics --------------------------------------------------------------------
 
 
@@ -261,6 +292,19 @@ def test_torch_block_continuation_is_exact(block_size):
         expected = reference(boxes, scores, *args)
         actual = _torch.combined_non_max_suppression(boxes, scores, *args, block_size=block_size)
         assert_same_detections([x.numpy() for x in actual], expected)
+
+
+@torch_only
+def test_torch_continuation_checks_every_kept_row():
+    from keras_retinanet.nms import _torch
+
+    boxes, scores = _late_duplicate()
+    args = (200, 200, 0.5, 0.0)
+    expected = reference(boxes, scores, *args, clip_boxes=False)
+    actual = _torch.combined_non_max_suppression(
+        boxes, scores, *args, clip_boxes=False, block_size=3
+    )
+    assert_same_detections([x.numpy() for x in actual], expected)
 
 
 @torch_only

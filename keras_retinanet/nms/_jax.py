@@ -167,13 +167,18 @@ def _next_keys(scores, state, per_class, score_threshold):
 def _suppressed_by_kept(state, cand_norm, cand_class, iou_threshold, chunk):
     """``[m]`` bool: IoU above the threshold with an already kept box of the same class."""
 
+    rows = state["kept_score"].shape[0]
+
     def body(carry):
         start, hit = carry
-        norm = lax.dynamic_slice_in_dim(state["kept_norm"], start, chunk)
-        cls = lax.dynamic_slice_in_dim(state["kept_class"], start, chunk)
+        # dynamic_slice clamps a start past ``rows - chunk``; clamp it here too so that the
+        # row mask describes the rows actually read (re-checking a few rows is harmless).
+        first = jnp.minimum(start, rows - chunk)
+        norm = lax.dynamic_slice_in_dim(state["kept_norm"], first, chunk)
+        cls = lax.dynamic_slice_in_dim(state["kept_class"], first, chunk)
         pair = _suppresses(norm[:, None, :], cand_norm[None, :, :], iou_threshold)
         pair = pair & (cls[:, None] == cand_class[None, :])
-        pair = pair & ((start + jnp.arange(chunk)) < state["num_kept"])[:, None]
+        pair = pair & ((first + jnp.arange(chunk)) < state["num_kept"])[:, None]
         return start + chunk, hit | jnp.any(pair, axis=0)
 
     init = (jnp.int32(0), jnp.zeros(cand_class.shape, bool))
