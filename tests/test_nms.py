@@ -272,9 +272,7 @@ def test_jax_continuation_checks_every_kept_row():
     assert int(expected[3][0]) == 180  # the duplicate is suppressed
     # Under jit the kept buffer holds 200 rows, not a multiple of the 128-row chunk.
     fn = jax.jit(
-        lambda b, s: _jax.combined_non_max_suppression(
-            b, s, *args, clip_boxes=False, block_size=3
-        )
+        lambda b, s: _jax.combined_non_max_suppression(b, s, *args, clip_boxes=False, block_size=3)
     )
     assert_same_detections(fn(boxes, scores), expected)
 
