@@ -18,8 +18,9 @@ Algorithm (exact, no ``N x N`` matrix):
   taken, its candidates first checked against the boxes already kept. Nothing is dropped, so
   the result is exactly the sequential greedy one.
 
-The box keys are one max-reduction over the scores; keys of boxes holding a NaN score are
-recomputed exactly (rare path, ``lax.cond``).
+The box keys are one masked max-reduction over the scores. The mask (``score > threshold``)
+is what keeps NaN scores out: XLA's CPU max-reduction does not reliably propagate a NaN, so a
+plain ``max`` followed by a NaN check can miss one and return a wrong key.
 """
 
 import functools
@@ -75,17 +76,6 @@ def _box_keys(scores, score_threshold, after=None):
     if after is not None:
         ok = ok & after
     return _canonical(jnp.max(jnp.where(ok, scores, -jnp.inf), axis=-1))
-
-
-def _initial_keys(scores, score_threshold):
-    """Box keys of a ``[B, N, C]`` batch: a plain max, exact unless a score is NaN."""
-    raw = jnp.max(scores, axis=-1)
-    fast = _canonical(jnp.where(raw > score_threshold, raw, -jnp.inf))
-    return lax.cond(
-        jnp.any(jnp.isnan(raw)),
-        lambda: _box_keys(scores, score_threshold),
-        lambda: fast,
-    )
 
 
 def _after(values, flat, prev_score, prev_index):
@@ -278,7 +268,7 @@ def _combined_nms(
         def continuation(state):
             return lax.while_loop(lambda st: jnp.any(st["more"]), round_body, state)
 
-        keys = _initial_keys(scores, score_threshold)
+        keys = jax.vmap(_box_keys, in_axes=(0, None))(scores, score_threshold)
         values, flat, valid = select(scores, keys, state, per_class, score_threshold, block, False)
         state = first(boxes, state, values, flat, valid, *args)
         # The loop (and its full passes over the scores) only runs when a block ran out.
@@ -375,8 +365,10 @@ def combined_non_max_suppression(
         boxes, scores = _pad_small(boxes, scores)
     candidates = boxes.shape[1] * scores.shape[2]
     k_cap = min(k, candidates)  # never more kept boxes than candidates
-    if not traced and candidates <= _SMALL_KEPT:
-        k_cap = candidates
+    if not traced:
+        # Eager calls round the kept buffer up (``k`` itself stays a traced argument), so that
+        # calls differing only in their sizes share a compiled program.
+        k_cap = candidates if candidates <= _SMALL_KEPT else min(max(_bucket(k), 256), candidates)
     outputs = _combined_nms(
         boxes,
         scores,
