@@ -27,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from keras_retinanet.nms._validation import output_size, validate_arguments
@@ -294,20 +295,23 @@ def _bucket(n):
 #: differently sized small calls share a few compiled programs.
 _SMALL = 1 << 18
 #: Below this many (padded) boxes x classes, small calls keep room for every candidate.
-_SMALL_KEPT = 4096
+_SMALL_KEPT = 1 << 14
 
 
-def _pad_small(boxes, scores):
+def _pad_small(boxes, scores, xp):
     """Pads ``B``, ``N``, ``C`` to powers of two (``B >= 4``, ``N >= 8``) and broadcasts
-    shared boxes to every class. Padded rows and classes score ``-inf``: never candidates."""
+    shared boxes to every class. Padded rows and classes score ``-inf``: never candidates.
+
+    ``xp`` is NumPy for host inputs (no per-shape compilation of the padding ops) or
+    ``jax.numpy`` for device arrays (no host round trip)."""
     batch, num_boxes, q, _ = boxes.shape
     num_classes = scores.shape[2]
     b, n, c = max(_bucket(batch), 4), max(_bucket(num_boxes), 8), _bucket(num_classes)
     pad = ((0, b - batch), (0, n - num_boxes), (0, c - num_classes))
-    scores = jnp.pad(scores, pad, constant_values=-jnp.inf)
+    scores = xp.pad(scores, pad, constant_values=-np.inf)
     if q == 1:
-        boxes = jnp.broadcast_to(boxes, (batch, num_boxes, num_classes, 4))
-    boxes = jnp.pad(boxes, (*pad, (0, 0)))
+        boxes = xp.broadcast_to(boxes, (batch, num_boxes, num_classes, 4))
+    boxes = xp.pad(boxes, (*pad, (0, 0)))
     return boxes, scores
 
 
@@ -340,8 +344,12 @@ def combined_non_max_suppression(
         ``nmsed_boxes [B, K, 4]``, ``nmsed_scores [B, K]``, ``nmsed_classes [B, K]`` float32 and
         ``valid_detections [B]`` int32.
     """
-    boxes = jnp.asarray(boxes, jnp.float32)
-    scores = jnp.asarray(scores, jnp.float32)
+    # Eager calls on host data (NumPy, lists) pad and slice with NumPy: each eager jax.numpy
+    # op would compile a small program per new shape, costing more than the NMS itself.
+    host = not isinstance(boxes, jax.Array) and not isinstance(scores, jax.Array)
+    xp = np if host else jnp
+    boxes = xp.asarray(boxes, xp.float32)
+    scores = xp.asarray(scores, xp.float32)
     per_class, total, iou_threshold, score_threshold = validate_arguments(
         boxes.shape,
         scores.shape,
@@ -357,12 +365,13 @@ def combined_non_max_suppression(
     num_classes = scores.shape[2]
     k = output_size(per_class, total, num_classes, pad_per_class)
     if num_boxes == 0 or num_classes == 0:
-        zeros = jnp.zeros((batch, k), jnp.float32)
-        return jnp.zeros((batch, k, 4), jnp.float32), zeros, zeros, jnp.zeros((batch,), jnp.int32)
+        zeros = np.zeros((batch, k), np.float32)
+        empty = (np.zeros((batch, k, 4), np.float32), zeros, zeros, np.zeros((batch,), np.int32))
+        return tuple(jnp.asarray(x) for x in empty)
 
     traced = isinstance(boxes, jax.core.Tracer) or isinstance(scores, jax.core.Tracer)
     if not traced and batch * num_boxes * num_classes <= _SMALL:
-        boxes, scores = _pad_small(boxes, scores)
+        boxes, scores = _pad_small(boxes, scores, xp)
     candidates = boxes.shape[1] * scores.shape[2]
     k_cap = min(k, candidates)  # never more kept boxes than candidates
     if not traced:
@@ -380,10 +389,13 @@ def combined_non_max_suppression(
         k_cap=k_cap,
         block=block,
     )
+    if host:
+        outputs = [np.asarray(x) for x in outputs]
     nmsed_boxes, nmsed_scores, nmsed_classes, valid = (x[:batch] for x in outputs)
     if k_cap != k:
         rows = ((0, 0), (0, max(0, k - k_cap)))
-        nmsed_boxes = jnp.pad(nmsed_boxes[:, :k], (*rows, (0, 0)))
-        nmsed_scores = jnp.pad(nmsed_scores[:, :k], rows)
-        nmsed_classes = jnp.pad(nmsed_classes[:, :k], rows)
-    return nmsed_boxes, nmsed_scores, nmsed_classes, valid
+        nmsed_boxes = xp.pad(nmsed_boxes[:, :k], (*rows, (0, 0)))
+        nmsed_scores = xp.pad(nmsed_scores[:, :k], rows)
+        nmsed_classes = xp.pad(nmsed_classes[:, :k], rows)
+    outputs = (nmsed_boxes, nmsed_scores, nmsed_classes, valid)
+    return tuple(jnp.asarray(x) for x in outputs) if host else outputs
