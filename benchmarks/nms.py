@@ -209,7 +209,34 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    out = os.environ.get("BENCHMARK_OUTPUT_DIR")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "nms.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(out, "nms.md"), "w") as f:
+            f.write(markdown(results, repeats))
     return results
+
+
+def markdown(results, repeats):
+    """The results as a Markdown table (for BENCHMARKS.md)."""
+    lines = [
+        f"Median of {repeats} interleaved repeats; {platform.machine()}, {os.cpu_count()} CPUs.",
+        "",
+        "| workload | B x N x C | candidates / image | implementation | median ms | x TF | "
+        "compile s | same as TF |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    for r in results:
+        compile_s = "" if r["compile_s"] is None else f"{r['compile_s']:.2f}"
+        shape = "x".join(str(d) for d in r["shape"])
+        lines.append(
+            f"| {r['workload']} | {shape} | {r['candidates_per_image']:.0f} | "
+            f"{r['implementation']} | {r['median_ms']:.2f} | {r['ratio_to_tf']:.2f} | "
+            f"{compile_s} | {r['identical_to_tf']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

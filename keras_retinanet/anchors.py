@@ -43,21 +43,15 @@ class AnchorGenerator:
         areas=DEFAULT_AREAS,
         strides=DEFAULT_STRIDES,
     ):
-        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
-        self.scales = tuple(float(s) for s in scales)
-        self.areas = tuple(float(a) for a in areas)
-        self.strides = tuple(int(s) for s in strides)
-        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
-            raise ValueError(f"aspect_ratios must be positive numbers, got {aspect_ratios!r}")
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive numbers, got {scales!r}")
+        self.aspect_ratios = _positive_floats(aspect_ratios, "aspect_ratios")
+        self.scales = _positive_floats(scales, "scales")
+        self.areas = _positive_floats(areas, "areas")
+        self.strides = tuple(_positive_int(s, "strides") for s in _as_tuple(strides, "strides"))
         if len(self.areas) != len(self.strides) or not self.strides:
             raise ValueError(
                 f"areas and strides must have the same non-zero length, got {len(self.areas)} "
                 f"areas and {len(self.strides)} strides"
             )
-        if min(self.areas) <= 0 or min(self.strides) <= 0:
-            raise ValueError("areas and strides must be positive")
         # [levels, anchors_per_location, 2] anchor (w, h), computed once in float64.
         self._dims = np.stack([self._level_dims(area) for area in self.areas]).astype("float32")
 
@@ -94,10 +88,13 @@ class AnchorGenerator:
 
         Returns:
             ``[A, 4]`` float32 tensor of ``[cx, cy, w, h]`` in pixels.
+
+        Raises:
+            ValueError: when a size is a number that is not a positive integer (tensors are
+                accepted unchecked).
         """
-        if isinstance(image_height, int) or isinstance(image_width, int):
-            _check_size(image_height, "image_height")
-            _check_size(image_width, "image_width")
+        _check_size(image_height, "image_height")
+        _check_size(image_width, "image_width")
         per_level = [
             self._level_anchors(image_height, image_width, stride, self._dims[i])
             for i, stride in enumerate(self.strides)
@@ -130,8 +127,37 @@ class AnchorGenerator:
 
 
 def _check_size(value, name):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    """A positive Python/NumPy integer passes; so does a symbolic size (a scalar tensor in a
+    graph, a ``torch.SymInt``), left to the traced computation."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         if value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value}")
-    elif not hasattr(value, "shape"):
+    elif value is None or isinstance(value, (bool, np.bool_, float, np.floating, str, bytes)):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _as_tuple(values, name):
+    try:
+        return tuple(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}") from None
+
+
+def _positive_floats(values, name):
+    """``values`` as a non-empty tuple of finite positive floats, else ``ValueError``."""
+    try:
+        result = tuple(float(v) for v in _as_tuple(values, name))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be positive finite numbers, got {values!r}") from None
+    if not result or not all(math.isfinite(v) and v > 0 for v in result):
+        raise ValueError(f"{name} must be positive finite numbers, got {values!r}")
+    return result
+
+
+def _positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        if not (isinstance(value, (float, np.floating)) and float(value).is_integer()):
+            raise ValueError(f"{name} must be positive integers, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive integers, got {value!r}")
+    return int(value)

@@ -1,8 +1,11 @@
 """Backbones that return the C3, C4, C5 feature maps (strides 8, 16, 32)."""
 
+import contextlib
 import os
 
 import keras
+
+from keras_retinanet.layout import standardize_data_format
 
 #: Layer names of the C3/C4/C5 outputs in ``keras.applications.ResNet50`` (SPEC §1).
 RESNET50_FEATURE_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
@@ -16,7 +19,8 @@ def resnet50_backbone(*, weights=None, input_shape=(None, None, 3)):
             in many training environments), a path to a local weights file for
             ``keras.applications.ResNet50(include_top=False)`` (``.h5`` or ``.weights.h5``), or
             ``"imagenet"`` to download (fails with a clear error when offline).
-        input_shape: ``(H, W, 3)``; ``None`` sizes accept any input size.
+        input_shape: ``(H, W, 3)`` (``(3, H, W)`` when ``keras.config.image_data_format()``
+            is channels first); ``None`` sizes accept any input size.
 
     Returns:
         A functional ``keras.Model`` mapping ``[N, H, W, 3]`` caffe-preprocessed images to
@@ -45,18 +49,36 @@ def resnet50_backbone(*, weights=None, input_shape=(None, None, 3)):
     return keras.Model(resnet.inputs, outputs, name="resnet50_backbone")
 
 
+@contextlib.contextmanager
+def image_data_format(data_format):
+    """Temporarily sets ``keras.config.image_data_format()`` (how backbones, which read the
+    global setting as ``keras.applications`` do, are built in a given layout)."""
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format(standardize_data_format(data_format))
+    try:
+        yield
+    finally:
+        keras.config.set_image_data_format(previous)
+
+
+def _channel_axis():
+    return -1 if keras.config.image_data_format() == "channels_last" else 1
+
+
 def _conv_bn(x, filters, kernel, strides, name, activation=True):
     x = keras.layers.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(
+        axis=_channel_axis(), momentum=0.9, epsilon=1e-5, name=f"{name}_bn"
+    )(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if activation else x
 
 
 def _basic_block(x, filters, strides, name):
     """ResNet basic block: two 3x3 convs with a projection shortcut when the shape changes."""
     shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
+    if strides != 1 or x.shape[_channel_axis()] != filters:
         shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", activation=False)
     x = _conv_bn(x, filters, 3, strides, f"{name}_1")
     x = _conv_bn(x, filters, 3, 1, f"{name}_2", activation=False)
@@ -73,7 +95,7 @@ def compact_backbone(*, weights=None, input_shape=(None, None, 3), widths=(32, 6
 
     Args:
         weights: ``None`` or a local ``.weights.h5`` file saved from this backbone.
-        input_shape: ``(H, W, 3)``.
+        input_shape: ``(H, W, 3)`` (``(3, H, W)`` when channels first).
         widths: channels of the stride-4, 8, 16 and 32 stages.
 
     Returns:
@@ -105,22 +127,39 @@ _BACKBONES = {"resnet50": resnet50_backbone, "compact": compact_backbone}
 
 
 def register_backbone(name, factory):
-    """Make ``RetinaNet(backbone=name)`` build ``factory(weights=..., input_shape=...)``."""
+    """Make ``RetinaNet(backbone=name)`` build ``factory(weights=..., input_shape=...)``.
+
+    The factory runs with ``keras.config.image_data_format()`` set to the model's layout and
+    gets ``input_shape`` in that layout, so one built from default Keras layers follows it.
+    """
     _BACKBONES[name] = factory
 
 
-def get_backbone(backbone="resnet50", *, weights=None, input_shape=(None, None, 3)):
+def get_backbone(backbone="resnet50", *, weights=None, input_shape=None, data_format=None):
     """Returns a backbone model from a registered name or validates a user model.
 
     A user model must take one image tensor and return exactly three feature maps at strides
-    8, 16 and 32 (any channel counts), which is how model zoos plug in their own backbones.
+    8, 16 and 32 (any channel counts), in the model's ``data_format``; this is how model zoos
+    plug in their own backbones.
+
+    Args:
+        backbone: a registered name or a ``keras.Model``.
+        weights: weights for a named backbone (see :func:`resnet50_backbone`).
+        input_shape: image shape without the batch axis; defaults to any size with 3 channels
+            in ``data_format``'s layout.
+        data_format: ``"channels_last"`` / ``"channels_first"``; ``None`` takes
+            ``keras.config.image_data_format()``.
     """
+    data_format = standardize_data_format(data_format)
+    if input_shape is None:
+        input_shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
     if isinstance(backbone, str):
         if backbone not in _BACKBONES:
             raise ValueError(
                 f"backbone must be one of {sorted(_BACKBONES)} or a keras.Model, got {backbone!r}"
             )
-        return _BACKBONES[backbone](weights=weights, input_shape=input_shape)
+        with image_data_format(data_format):
+            return _BACKBONES[backbone](weights=weights, input_shape=input_shape)
     if not isinstance(backbone, keras.Model):
         raise ValueError(
             f"backbone must be a registered name or a keras.Model, got {type(backbone).__name__}"

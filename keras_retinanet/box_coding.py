@@ -1,5 +1,7 @@
 """Encoding of ground-truth boxes against anchors and decoding of predictions (SPEC §2)."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -22,9 +24,12 @@ class BoxCoder:
     """
 
     def __init__(self, *, variance=DEFAULT_BOX_VARIANCE):
-        variance = tuple(float(v) for v in variance)
-        if len(variance) != 4 or min(variance) <= 0:
-            raise ValueError(f"variance must be 4 positive numbers, got {variance!r}")
+        try:
+            variance = tuple(float(v) for v in variance)
+        except (TypeError, ValueError):
+            raise ValueError(f"variance must be 4 positive numbers, got {variance!r}") from None
+        if len(variance) != 4 or not all(math.isfinite(v) and v > 0 for v in variance):
+            raise ValueError(f"variance must be 4 positive finite numbers, got {variance!r}")
         self.variance = variance
 
     def encode(self, boxes, anchors):
@@ -35,10 +40,18 @@ class BoxCoder:
             anchors: ``[A, 4]`` (or broadcastable) anchors ``[cx, cy, w, h]``.
 
         Returns:
-            ``[..., A, 4]`` float targets ``(dx, dy, dw, dh)`` divided by the variance.
+            ``[..., A, 4]`` float targets ``(dx, dy, dw, dh)`` divided by the variance. Boxes
+            with a non-positive width or height have no finite target (``log`` of it): encode
+            only real, matched boxes, as ``LabelEncoder`` does.
+
+        Raises:
+            ValueError: when ``boxes`` or ``anchors`` do not have 4 values in the last axis.
         """
-        boxes = corners_to_center(ops.convert_to_tensor(boxes, dtype="float32"))
+        boxes = ops.convert_to_tensor(boxes, dtype="float32")
         anchors = ops.convert_to_tensor(anchors, dtype="float32")
+        _check_last_axis(boxes, "boxes", "[x1, y1, x2, y2]")
+        _check_last_axis(anchors, "anchors", "[cx, cy, w, h]")
+        boxes = corners_to_center(boxes)
         deltas = ops.concatenate(
             [
                 (boxes[..., :2] - anchors[..., :2]) / anchors[..., 2:],
@@ -56,10 +69,17 @@ class BoxCoder:
             anchors: ``[A, 4]`` (or broadcastable) anchors ``[cx, cy, w, h]``.
 
         Returns:
-            ``[..., A, 4]`` float32 corners ``[x1, y1, x2, y2]`` in pixels.
+            ``[..., A, 4]`` float32 corners ``[x1, y1, x2, y2]`` in pixels. NaN or Inf deltas,
+            or ``dw, dh`` large enough to overflow ``exp``, give non-finite boxes
+            (``DecodePredictions`` never turns those into detections).
+
+        Raises:
+            ValueError: when ``deltas`` or ``anchors`` do not have 4 values in the last axis.
         """
         deltas = ops.convert_to_tensor(deltas, dtype="float32")
         anchors = ops.convert_to_tensor(anchors, dtype="float32")
+        _check_last_axis(deltas, "deltas", "(dx, dy, dw, dh)")
+        _check_last_axis(anchors, "anchors", "[cx, cy, w, h]")
         deltas = deltas * ops.convert_to_tensor(self.variance, dtype="float32")
         centers = ops.concatenate(
             [
@@ -76,3 +96,9 @@ class BoxCoder:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _check_last_axis(x, name, layout):
+    shape = tuple(x.shape)
+    if len(shape) == 0 or (shape[-1] is not None and shape[-1] != 4):
+        raise ValueError(f"{name} must be [..., 4] {layout}, got shape {shape}")

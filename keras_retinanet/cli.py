@@ -2,6 +2,13 @@
 
 Commands: ``train``, ``evaluate``, ``predict``, ``demo`` (shapes dataset -> train -> mAP ->
 picture, on the active ``KERAS_BACKEND``) and ``shapes`` (write the synthetic dataset).
+
+Bad input (missing or unreadable files, malformed COCO JSON, bad numbers) ends the command
+with exit status 2 and a one-line ``keras-retinanet: error: ...`` message, like argparse's.
+``train``, ``predict``, ``demo`` and ``shapes`` refuse to write into an existing non-empty
+``--output`` folder unless ``--overwrite`` is given; the demo's default folder
+(:data:`DEMO_OUTPUT`, used when ``--output`` is left out) is its own scratch space and is
+reused by every run.
 """
 
 import argparse
@@ -15,6 +22,8 @@ import time
 DEMO_IMAGE_SIZE = 128
 DEMO_ANCHOR_AREAS = (16.0**2, 32.0**2, 64.0**2, 128.0**2, 256.0**2)
 RUN_FILE = "run.json"
+#: Where ``demo`` writes when ``--output`` is not given; each demo run reuses it.
+DEMO_OUTPUT = os.path.join("runs", "demo")
 
 
 def _fail(message):
@@ -31,6 +40,39 @@ def _require_file(path, what):
 def _require_dir(path, what):
     if path is None or not os.path.isdir(path):
         _fail(f"{what} {path!r} is not an existing directory")
+
+
+def _check_output(path, overwrite):
+    """Exits (status 2) unless ``path`` is new, an empty folder, or ``overwrite`` is set."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        _fail(f"--output {path!r} exists and is not a directory")
+    if not overwrite and os.path.isdir(path) and os.listdir(path):
+        _fail(
+            f"--output {path!r} already exists and is not empty; pass --overwrite to write "
+            "into it (files of the same name are replaced) or choose another --output"
+        )
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load_coco(annotations, images, flag):
+    """``CocoDataset`` whose every listed image file exists, or exit 2 naming ``flag``."""
+    from keras_retinanet.data import CocoDataset
+
+    try:
+        dataset = CocoDataset(annotations, images)
+    except (ValueError, OSError) as e:
+        _fail(f"{flag}: {_first_line(e)}")
+    missing = [r["file_name"] for r in dataset.records if not os.path.isfile(r["path"])]
+    if missing:
+        _fail(
+            f"{flag} {annotations!r} lists {len(missing)} image(s) missing from {images!r}, "
+            f"e.g. {missing[0]!r}"
+        )
+    return dataset
 
 
 def _positive(kind):
@@ -75,9 +117,17 @@ def _load_run(model_path):
     run_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), RUN_FILE)
     run = {}
     if os.path.isfile(run_path):
-        with open(run_path) as f:
-            run = json.load(f)
-    model = keras.saving.load_model(model_path)
+        try:
+            with open(run_path) as f:
+                run = json.load(f)
+        except (ValueError, OSError) as e:
+            _fail(f"{run_path!r} beside --model is not readable JSON: {_first_line(e)}")
+        if not isinstance(run, dict):
+            _fail(f"{run_path!r} beside --model must hold a JSON object")
+    try:
+        model = keras.saving.load_model(model_path)
+    except Exception as e:  # Keras reports a bad file as ValueError, BadZipFile, KeyError, ...
+        _fail(f"--model {model_path!r} is not a loadable .keras model: {_first_line(e)}")
     return model, run
 
 
@@ -88,7 +138,7 @@ def train(args):
     import keras
 
     from keras_retinanet import AnchorGenerator, RetinaNet
-    from keras_retinanet.data import CocoDataset, DetectionDataset, InferenceBatches
+    from keras_retinanet.data import DetectionDataset, InferenceBatches
     from keras_retinanet.evaluation import CocoEvaluationCallback
     from keras_retinanet.inference import detect_batch
 
@@ -99,10 +149,14 @@ def train(args):
     if args.val_annotations is not None:
         _require_file(args.val_annotations, "--val-annotations")
         _require_dir(args.val_images, "--val-images")
-    keras.utils.set_random_seed(args.seed)
-    train_set = CocoDataset(args.train_annotations, args.train_images)
+    _check_output(args.output, args.overwrite)
+    train_set = _load_coco(args.train_annotations, args.train_images, "--train-annotations")
     if len(train_set) == 0:
         _fail(f"--train-annotations {args.train_annotations!r} lists no images")
+    val_set = None
+    if args.val_annotations is not None:
+        val_set = _load_coco(args.val_annotations, args.val_images, "--val-annotations")
+    keras.utils.set_random_seed(args.seed)
     size = args.image_size
     run = {
         "backend": keras.backend.backend(),
@@ -130,6 +184,7 @@ def train(args):
         anchor_generator=anchor_generator,
         fpn_filters=args.fpn_filters,
         head_convs=args.head_convs,
+        data_format="channels_last",  # the data pipeline yields [N, H, W, 3] batches
     )
     steps = args.epochs * len(batches)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -143,8 +198,7 @@ def train(args):
         json.dump(run, f, indent=2)
     model_path = os.path.join(args.output, "model.keras")
     callbacks = []
-    if args.val_annotations is not None:
-        val_set = CocoDataset(args.val_annotations, args.val_images)
+    if val_set is not None:
         detector = model.make_detector()
         callbacks.append(
             CocoEvaluationCallback(
@@ -165,11 +219,10 @@ def train(args):
 # ------------------------------------------------------------------------------- evaluate
 
 
-def _evaluate(model, run, annotations, images, batch_size):
-    from keras_retinanet.data import CocoDataset, InferenceBatches
+def _evaluate(model, run, dataset, annotations, batch_size):
+    from keras_retinanet.data import InferenceBatches
     from keras_retinanet.inference import evaluate_detector
 
-    dataset = CocoDataset(annotations, images)
     batches = InferenceBatches(dataset, batch_size=batch_size, **_sizes(run))
     return evaluate_detector(
         model.make_detector(),
@@ -183,9 +236,12 @@ def evaluate(args):
     _require_file(args.model, "--model")
     _require_file(args.annotations, "--annotations")
     _require_dir(args.images, "--images")
+    dataset = _load_coco(args.annotations, args.images, "--annotations")
+    if len(dataset) == 0:
+        _fail(f"--annotations {args.annotations!r} lists no images")
     model, run = _load_run(args.model)
     run = {**_default_run(), **run}
-    stats, _ = _evaluate(model, run, args.annotations, args.images, args.batch_size)
+    stats, _ = _evaluate(model, run, dataset, args.annotations, args.batch_size)
     for name in ("AP", "AP50", "AP75"):
         print(f"{name}: {stats[name]:.4f}")
     print(f"mAP@0.5: {stats['AP50']:.4f}")
@@ -200,8 +256,23 @@ def _default_run():
 # -------------------------------------------------------------------------------- predict
 
 
-def _draw(model, run, image_paths, output, score_threshold, batch_size):
-    """Detects objects in ``image_paths``; writes annotated PNGs and ``detections.json``."""
+def _image_records(image_paths):
+    """``{"image_id", "path", "height", "width"}`` per image, or exit 2 on an unreadable file."""
+    from keras_retinanet.data.preprocessing import load_image
+
+    records = []
+    for i, path in enumerate(image_paths):
+        try:
+            height, width = load_image(path).shape[:2]
+        except (ValueError, OSError) as e:
+            _fail(f"--images: {_first_line(e)}")
+        records.append({"image_id": i, "path": path, "height": height, "width": width})
+    return records
+
+
+def _draw(model, run, records, output, score_threshold, batch_size):
+    """Detects objects in the images of ``records`` (from :func:`_image_records`); writes
+    annotated PNGs and ``detections.json`` into ``output``."""
     import keras
 
     from keras_retinanet.data import InferenceBatches
@@ -209,10 +280,6 @@ def _draw(model, run, image_paths, output, score_threshold, batch_size):
     from keras_retinanet.inference import detect_batch
     from keras_retinanet.visualization import draw_detections
 
-    records = [{"image_id": i, "path": p} for i, p in enumerate(image_paths)]
-    for record in records:
-        image = load_image(record["path"])
-        record["height"], record["width"] = image.shape[:2]
     batches = InferenceBatches(records, batch_size=batch_size, **_sizes(run))
     detector = model.make_detector()
     names = run.get("class_names") or [str(i) for i in range(model.num_classes)]
@@ -281,9 +348,13 @@ def _image_paths(inputs):
 def predict(args):
     _require_file(args.model, "--model")  # before the (slower) image-folder scan
     paths = _image_paths(args.images)
+    _check_output(args.output, args.overwrite)
+    records = _image_records(paths)  # every image decodes before the model is loaded
     model, run = _load_run(args.model)
     run = {**_default_run(), **run}
-    written, results = _draw(model, run, paths, args.output, args.score_threshold, args.batch_size)
+    written, results = _draw(
+        model, run, records, args.output, args.score_threshold, args.batch_size
+    )
     print(f"{len(results)} detections in {len(written)} images -> {args.output}")
     return 0
 
@@ -294,12 +365,16 @@ def predict(args):
 def demo(args):
     import keras
 
-    from keras_retinanet.data import generate_shapes_dataset
+    from keras_retinanet.data import CocoDataset, generate_shapes_dataset
 
+    output = DEMO_OUTPUT if args.output is None else args.output
+    # The default folder is the demo's own and is reused; a folder the user names is not
+    # written into when it holds anything, unless --overwrite.
+    _check_output(output, args.overwrite or args.output is None)
     start = time.time()
     print(f"backend: {keras.backend.backend()}")
     paths = generate_shapes_dataset(
-        os.path.join(args.output, "shapes"), num_train=args.num_train, num_val=args.num_val
+        os.path.join(output, "shapes"), num_train=args.num_train, num_val=args.num_val
     )
     print(f"shapes dataset: {args.num_train} train / {args.num_val} val images -> {paths.root}")
     train_args = argparse.Namespace(
@@ -307,7 +382,8 @@ def demo(args):
         train_images=paths.train_images,
         val_annotations=None,
         val_images=None,
-        output=args.output,
+        output=output,
+        overwrite=True,  # the folder was checked above and now holds the dataset
         backbone="compact",
         backbone_weights=None,
         anchors="small",
@@ -323,14 +399,15 @@ def demo(args):
         verbose=args.verbose,
     )
     model, run = train(train_args)
-    stats, _ = _evaluate(model, run, paths.val_annotations, paths.val_images, 20)
+    val_set = CocoDataset(paths.val_annotations, paths.val_images)
+    stats, _ = _evaluate(model, run, val_set, paths.val_annotations, 20)
     print(f"AP: {stats['AP']:.4f}  AP75: {stats['AP75']:.4f}")
-    val_images = sorted(os.listdir(paths.val_images))[:4]
+    val_images = [os.path.join(paths.val_images, r["file_name"]) for r in val_set.records[:4]]
     written, _ = _draw(
         model,
         run,
-        [os.path.join(paths.val_images, name) for name in val_images],
-        os.path.join(args.output, "predictions"),
+        _image_records(val_images),
+        os.path.join(output, "predictions"),
         0.3,
         4,
     )
@@ -343,6 +420,7 @@ def demo(args):
 def shapes(args):
     from keras_retinanet.data import generate_shapes_dataset
 
+    _check_output(args.output, args.overwrite)
     paths = generate_shapes_dataset(
         args.output, num_train=args.num_train, num_val=args.num_val, seed=args.seed
     )
@@ -351,6 +429,22 @@ def shapes(args):
 
 
 # --------------------------------------------------------------------------------- parser
+
+
+def _add_output_arguments(parser, default, what):
+    parser.add_argument(
+        "--output",
+        default=default,
+        help=f"folder for {what} must be new or empty unless --overwrite"
+        if default is None
+        else f"folder for {what} (default {default}); must be new or empty unless --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --output: files of the same name are replaced, other "
+        "files are left in place",
+    )
 
 
 def build_parser():
@@ -365,7 +459,7 @@ def build_parser():
     p.add_argument("--train-images", required=True, help="folder of the training images")
     p.add_argument("--val-annotations", help="COCO JSON evaluated after every --eval-every epochs")
     p.add_argument("--val-images")
-    p.add_argument("--output", default="runs/train", help="folder for model.keras and run.json")
+    _add_output_arguments(p, "runs/train", "model.keras and run.json")
     p.add_argument("--backbone", default="compact", help="registered backbone (compact, resnet50)")
     p.add_argument("--backbone-weights", help="local weights file for the backbone")
     p.add_argument(
@@ -396,7 +490,7 @@ def build_parser():
     p = sub.add_parser("predict", help="draw detections and write a COCO-results JSON")
     p.add_argument("--model", required=True)
     p.add_argument("--images", required=True, nargs="+", help="image files or folders")
-    p.add_argument("--output", default="runs/predict")
+    _add_output_arguments(p, "runs/predict", "the pictures and detections.json")
     p.add_argument("--score-threshold", type=_fraction, default=0.3)
     p.add_argument("--batch-size", type=_positive(int), default=4)
     p.set_defaults(func=predict)
@@ -404,7 +498,12 @@ def build_parser():
     # 800 images x 30 epochs reach mAP@0.5 ~0.85-0.9 in a few CPU minutes; 400 x 60 (the same
     # steps) overfits to ~0.82.
     p = sub.add_parser("demo", help="shapes dataset -> train -> evaluate -> picture")
-    p.add_argument("--output", default="runs/demo")
+    _add_output_arguments(
+        p,
+        None,
+        f"the dataset, model and pictures (default {DEMO_OUTPUT}, the demo's own folder, which "
+        "every run reuses); a folder named here",
+    )
     p.add_argument("--epochs", type=_positive(int), default=30)
     p.add_argument("--num-train", type=_positive(int), default=800)
     p.add_argument("--num-val", type=_positive(int), default=100)
@@ -413,7 +512,7 @@ def build_parser():
     p.set_defaults(func=demo)
 
     p = sub.add_parser("shapes", help="write the synthetic shapes dataset (COCO format)")
-    p.add_argument("--output", default="runs/shapes")
+    _add_output_arguments(p, "runs/shapes", "the dataset")
     p.add_argument("--num-train", type=_positive(int), default=400)
     p.add_argument("--num-val", type=_positive(int), default=100)
     p.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,14 @@
 """Turning raw RetinaNet outputs into detections (SPEC §5)."""
 
+import math
+
 import keras
+import numpy as np
 from keras import layers, ops
 
 from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.box_coding import BoxCoder
+from keras_retinanet.layout import spatial_axes, standardize_data_format
 from keras_retinanet.ops import combined_non_max_suppression
 
 
@@ -20,25 +24,38 @@ class DecodePredictions(layers.Layer):
     model containing it runs as a (non-XLA) ``tf.function``. On JAX and PyTorch it is the
     library's own exact implementation and compiles.
 
+    Bad values never become detections: a candidate whose score is NaN (NaN logits) or whose
+    decoded box has a NaN or Inf coordinate (NaN/Inf deltas, or ``dw, dh`` overflowing
+    ``exp``) is dropped before NMS, so every returned box and score is finite. An empty batch
+    (``B = 0``) gives empty outputs.
+
     Args:
         num_classes: ``C``, the model's class count.
-        confidence_threshold: minimum score of a kept box (strictly greater, as TF).
+        confidence_threshold: minimum score of a kept box (strictly greater, as TF); in
+            ``[0, 1]`` since scores are sigmoid probabilities.
         nms_iou_threshold: a box is suppressed by a higher-scoring one of the same class when
             their IoU is strictly greater than this.
         max_detections_per_class: boxes kept per class and image.
         max_detections: boxes returned per image.
         anchor_generator: the model's ``AnchorGenerator`` (keras.io defaults when ``None``).
         box_coder: the model's ``BoxCoder``.
+        data_format: layout of ``images`` (``None``: ``keras.config.image_data_format()``).
 
     Call args:
-        images: ``[B, H, W, 3]`` network input; only its static or dynamic ``H, W`` are used
-            (the anchors of the padded input size).
+        images: ``[B, H, W, 3]`` (``[B, 3, H, W]`` with ``data_format="channels_first"``)
+            network input; only its static or dynamic ``H, W`` are used (the anchors of the
+            padded input size).
         predictions: ``[B, A, 4 + C]`` raw model outputs.
 
     Returns:
         dict of ``boxes [B, K, 4]`` float32 ``[x1, y1, x2, y2]`` in input pixels,
         ``scores [B, K]`` float32, ``classes [B, K]`` int32 and ``num_detections [B]`` int32,
         with ``K = max_detections``; rows past ``num_detections`` are zeros.
+
+    Raises:
+        ValueError: for bad constructor arguments, and in ``call`` when ``images`` is not
+            ``[B, H, W, C]``, ``predictions`` not ``[B, A, 4 + C]``, their batch sizes differ,
+            or (static ``H, W``) ``A`` is not the anchor count of an ``H x W`` input.
     """
 
     def __init__(
@@ -51,13 +68,19 @@ class DecodePredictions(layers.Layer):
         max_detections=100,
         anchor_generator=None,
         box_coder=None,
+        data_format=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.data_format = standardize_data_format(data_format)
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if not 0.0 <= nms_iou_threshold <= 1.0:
+        if not _is_number(nms_iou_threshold) or not 0.0 <= nms_iou_threshold <= 1.0:
             raise ValueError(f"nms_iou_threshold must be in [0, 1], got {nms_iou_threshold!r}")
+        if not _is_number(confidence_threshold) or not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(
+                f"confidence_threshold must be in [0, 1], got {confidence_threshold!r}"
+            )
         for name, value in (
             ("max_detections_per_class", max_detections_per_class),
             ("max_detections", max_detections),
@@ -75,15 +98,21 @@ class DecodePredictions(layers.Layer):
 
     def call(self, images, predictions):
         predictions = ops.cast(predictions, "float32")
-        if predictions.shape[-1] is not None and predictions.shape[-1] != 4 + self.num_classes:
-            raise ValueError(
-                f"predictions must be [batch, anchors, 4 + num_classes={4 + self.num_classes}], "
-                f"got shape {predictions.shape}"
-            )
+        prediction_shape = _static_shape(predictions)
+        self._check_shapes(_static_shape(images), prediction_shape)
+        if prediction_shape is not None and prediction_shape[0] == 0:
+            return self._empty_outputs()
         shape = ops.shape(images)
-        anchors = self.anchor_generator(shape[1], shape[2])  # [A, 4]
+        h_axis, w_axis = spatial_axes(self.data_format)
+        anchors = self.anchor_generator(shape[h_axis], shape[w_axis])  # [A, 4]
         boxes = self.box_coder.decode(predictions[..., :4], anchors)  # [B, A, 4]
         scores = ops.sigmoid(predictions[..., 4:])  # [B, A, C]
+        # NaN scores and non-finite boxes must never be detections: a score of 0 is never
+        # above confidence_threshold (>= 0, strict comparison).
+        finite_box = ops.all(ops.isfinite(boxes), axis=-1, keepdims=True)  # [B, A, 1]
+        usable = ops.logical_and(finite_box, ops.logical_not(ops.isnan(scores)))  # [B, A, C]
+        scores = ops.where(usable, scores, 0.0)
+        boxes = ops.where(finite_box, boxes, 0.0)
         nmsed_boxes, nmsed_scores, nmsed_classes, valid = combined_non_max_suppression(
             boxes[:, :, None, :],  # [B, A, 1, 4]: one box shared by all classes
             scores,
@@ -98,6 +127,47 @@ class DecodePredictions(layers.Layer):
             "scores": nmsed_scores,
             "classes": ops.cast(nmsed_classes, "int32"),
             "num_detections": ops.cast(valid, "int32"),
+        }
+
+    def _check_shapes(self, image_shape, prediction_shape):
+        """Checks the static shapes (``None``: unknown rank while tracing, not checked)."""
+        if image_shape is not None and len(image_shape) != 4:
+            raise ValueError(f"images must be [batch, height, width, channels], got {image_shape}")
+        if prediction_shape is not None and (
+            len(prediction_shape) != 3 or prediction_shape[-1] not in (None, 4 + self.num_classes)
+        ):
+            raise ValueError(
+                f"predictions must be [batch, anchors, 4 + num_classes={4 + self.num_classes}], "
+                f"got shape {prediction_shape}"
+            )
+        if image_shape is None or prediction_shape is None:
+            return
+        if None not in (image_shape[0], prediction_shape[0]) and (
+            image_shape[0] != prediction_shape[0]
+        ):
+            raise ValueError(
+                f"images and predictions must have the same batch size, got shapes {image_shape} "
+                f"and {prediction_shape}"
+            )
+        h_axis, w_axis = spatial_axes(self.data_format)
+        height, width, anchors = image_shape[h_axis], image_shape[w_axis], prediction_shape[1]
+        if None not in (height, width, anchors):
+            if height < 1 or width < 1:
+                raise ValueError(f"images must have a positive height and width, got {image_shape}")
+            expected = self.anchor_generator.num_anchors(height, width)
+            if anchors != expected:
+                raise ValueError(
+                    f"predictions has {anchors} anchors but an input of {height} x {width} has "
+                    f"{expected}; pass the images the predictions were made on"
+                )
+
+    def _empty_outputs(self):
+        k = self.max_detections
+        return {
+            "boxes": ops.zeros((0, k, 4), "float32"),
+            "scores": ops.zeros((0, k), "float32"),
+            "classes": ops.zeros((0, k), "int32"),
+            "num_detections": ops.zeros((0,), "int32"),
         }
 
     def compute_output_spec(self, images, predictions):
@@ -121,6 +191,7 @@ class DecodePredictions(layers.Layer):
                 "max_detections": self.max_detections,
                 "anchor_generator": keras.saving.serialize_keras_object(self.anchor_generator),
                 "box_coder": keras.saving.serialize_keras_object(self.box_coder),
+                "data_format": self.data_format,
             }
         )
         return config
@@ -154,10 +225,20 @@ class RetinaNetDetector(keras.Model):
             num_classes=model.num_classes,
             anchor_generator=model.anchor_generator,
             box_coder=model.box_coder,
+            data_format=model.data_format,
         )
 
     def call(self, images, training=False):
         return self.decoder(images, self.model(images, training=False))
+
+    def predict(self, x, *args, **kwargs):
+        """``keras.Model.predict``; an array or tensor ``x`` is first validated as by
+        ``RetinaNet.predict`` (shape, and NaN/Inf values -> ``ValueError``)."""
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            from keras_retinanet.model import validate_images
+
+            validate_images(x, self.model.data_format)
+        return super().predict(x, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
@@ -175,3 +256,20 @@ class RetinaNetDetector(keras.Model):
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
         return cls(**config)
+
+
+def _static_shape(x):
+    """``x.shape`` as a tuple (``None`` for unknown or symbolic sizes), or ``None`` when even
+    the rank is unknown (a TensorFlow graph tensor)."""
+    try:
+        return tuple(int(d) if isinstance(d, int | np.integer) else None for d in x.shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_number(value):
+    """A real, non-NaN Python/NumPy number (``bool`` excluded)."""
+    try:
+        return not isinstance(value, bool) and not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False

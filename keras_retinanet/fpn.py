@@ -3,21 +3,27 @@
 import keras
 from keras import layers, ops
 
+from keras_retinanet.layout import spatial_axes, standardize_data_format
 
-def _upsample_like(x, reference):
-    """Nearest 2x upsampling of ``x`` ``[N, h, w, C]``, then cropped to ``reference``'s size.
+
+def _upsample_like(x, reference, data_format="channels_last"):
+    """Nearest 2x upsampling of ``x`` ``[N, h, w, C]`` (or ``[N, C, h, w]``), then cropped to
+    ``reference``'s size.
 
     Backbones that round sizes up (``ceil(H / s)``) give ``2 * h >= H_ref``, so cropping the
     bottom/right keeps exactly the keras.io nearest-neighbour alignment for inputs that are not
     multiples of 32. Should a backbone round down instead, the map is resized to fit.
     """
-    up = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)  # [N, 2h, 2w, C]
-    up_h, up_w = up.shape[1], up.shape[2]
-    ref_h, ref_w = reference.shape[1], reference.shape[2]
+    h_axis, w_axis = spatial_axes(data_format)
+    up = ops.repeat(ops.repeat(x, 2, axis=h_axis), 2, axis=w_axis)  # [N, 2h, 2w, C]
+    up_h, up_w = up.shape[h_axis], up.shape[w_axis]
+    ref_h, ref_w = reference.shape[h_axis], reference.shape[w_axis]
     if None not in (up_h, up_w, ref_h, ref_w) and (up_h < ref_h or up_w < ref_w):
-        return ops.image.resize(x, (ref_h, ref_w), interpolation="nearest")
+        return ops.image.resize(x, (ref_h, ref_w), interpolation="nearest", data_format=data_format)
     ref_shape = ops.shape(reference)
-    return up[:, : ref_shape[1], : ref_shape[2], :]
+    if data_format == "channels_last":
+        return up[:, : ref_shape[1], : ref_shape[2], :]
+    return up[:, :, : ref_shape[2], : ref_shape[3]]
 
 
 @keras.saving.register_keras_serializable(package="keras_retinanet")
@@ -30,19 +36,31 @@ class FeaturePyramid(layers.Layer):
 
     Args:
         filters: channels of every pyramid level (256 in the paper).
+        data_format: ``"channels_last"`` (``[N, H, W, C]`` maps) or ``"channels_first"``
+            (``[N, C, H, W]``); ``None`` takes ``keras.config.image_data_format()``. The
+            weights are the same in both layouts.
 
     Call args:
-        inputs: ``[C3 [N, H3, W3, *], C4 [N, H4, W4, *], C5 [N, H5, W5, *]]``.
+        inputs: ``[C3 [N, H3, W3, *], C4 [N, H4, W4, *], C5 [N, H5, W5, *]]`` (channels last;
+            ``[N, *, H, W]`` each when channels first).
 
     Returns:
-        ``[P3, P4, P5, P6, P7]``, each ``[N, h_l, w_l, filters]`` at strides 8..128.
+        ``[P3, P4, P5, P6, P7]``, each ``[N, h_l, w_l, filters]`` (``[N, filters, h_l, w_l]``)
+        at strides 8..128.
     """
 
-    def __init__(self, *, filters=256, **kwargs):
+    def __init__(self, *, filters=256, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
+        self.data_format = standardize_data_format(data_format)
         conv = lambda k, s, name: layers.Conv2D(  # noqa: E731
-            self.filters, k, strides=s, padding="same", name=name, dtype=self.dtype_policy
+            self.filters,
+            k,
+            strides=s,
+            padding="same",
+            data_format=self.data_format,
+            name=name,
+            dtype=self.dtype_policy,
         )
         self.conv_c3_1x1 = conv(1, 1, "conv_c3_1x1")
         self.conv_c4_1x1 = conv(1, 1, "conv_c4_1x1")
@@ -55,7 +73,7 @@ class FeaturePyramid(layers.Layer):
 
     def build(self, input_shape):
         c3_shape, c4_shape, c5_shape = input_shape
-        out_shape = lambda s: (s[0], s[1], s[2], self.filters)  # noqa: E731
+        out_shape = lambda s: self._with_channels(s, self.filters)  # noqa: E731
         self.conv_c3_1x1.build(c3_shape)
         self.conv_c4_1x1.build(c4_shape)
         self.conv_c5_1x1.build(c5_shape)
@@ -70,21 +88,33 @@ class FeaturePyramid(layers.Layer):
         c3, c4, c5 = inputs
         p5 = self.conv_c5_1x1(c5)
         p4 = self.conv_c4_1x1(c4)
-        p4 = p4 + _upsample_like(p5, p4)
+        p4 = p4 + _upsample_like(p5, p4, self.data_format)
         p3 = self.conv_c3_1x1(c3)
-        p3 = p3 + _upsample_like(p4, p3)  # uses the already merged P4
+        p3 = p3 + _upsample_like(p4, p3, self.data_format)  # uses the already merged P4
         p6 = self.conv_c6_3x3(c5)
         p7 = self.conv_c7_3x3(ops.relu(p6))
         return [self.conv_c3_3x3(p3), self.conv_c4_3x3(p4), self.conv_c5_3x3(p5), p6, p7]
 
+    def _with_channels(self, shape, channels):
+        shape = list(shape)
+        shape[-1 if self.data_format == "channels_last" else 1] = channels
+        return tuple(shape)
+
     def compute_output_shape(self, input_shape):
         c3, c4, c5 = input_shape
+        h_axis, w_axis = spatial_axes(self.data_format)
         half = lambda d: None if d is None else (d + 1) // 2  # noqa: E731
-        p6 = (c5[0], half(c5[1]), half(c5[2]), self.filters)
-        p7 = (c5[0], half(p6[1]), half(p6[2]), self.filters)
-        return [(s[0], s[1], s[2], self.filters) for s in (c3, c4, c5)] + [p6, p7]
+
+        def halved(shape):
+            shape = list(shape)
+            shape[h_axis], shape[w_axis] = half(shape[h_axis]), half(shape[w_axis])
+            return tuple(shape)
+
+        p6 = halved(self._with_channels(c5, self.filters))
+        p7 = halved(p6)
+        return [self._with_channels(s, self.filters) for s in (c3, c4, c5)] + [p6, p7]
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters})
+        config.update({"filters": self.filters, "data_format": self.data_format})
         return config

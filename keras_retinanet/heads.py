@@ -5,6 +5,8 @@ import math
 import keras
 from keras import layers
 
+from keras_retinanet.layout import standardize_data_format
+
 
 def prior_bias(prior_probability):
     """Bias ``-log((1 - p) / p)`` making every class start at probability ``p``.
@@ -31,16 +33,28 @@ class PredictionHead(layers.Layer):
             head, ``0.0`` for the box head).
         num_convs: hidden conv layers (4 in the paper).
         filters: channels of the hidden convs (256 in the paper).
+        data_format: ``"channels_last"`` or ``"channels_first"`` layout of the level maps;
+            ``None`` takes ``keras.config.image_data_format()``.
 
     Call args:
-        inputs: ``[N, h, w, C]`` one pyramid level.
+        inputs: ``[N, h, w, C]`` (``[N, C, h, w]`` when channels first) one pyramid level.
 
     Returns:
-        ``[N, h, w, output_filters]`` raw outputs.
+        ``[N, h, w, output_filters]`` (``[N, output_filters, h, w]``) raw outputs.
     """
 
-    def __init__(self, *, output_filters, bias_value=0.0, num_convs=4, filters=256, **kwargs):
+    def __init__(
+        self,
+        *,
+        output_filters,
+        bias_value=0.0,
+        num_convs=4,
+        filters=256,
+        data_format=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.data_format = standardize_data_format(data_format)
         self.output_filters = int(output_filters)
         self.bias_value = float(bias_value)
         self.num_convs = int(num_convs)
@@ -56,6 +70,7 @@ class PredictionHead(layers.Layer):
                 self.filters,
                 3,
                 padding="same",
+                data_format=self.data_format,
                 kernel_initializer=kernel_init(),
                 name=f"conv_{i}",
                 dtype=self.dtype_policy,
@@ -66,6 +81,7 @@ class PredictionHead(layers.Layer):
             self.output_filters,
             3,
             padding="same",
+            data_format=self.data_format,
             kernel_initializer=kernel_init(),
             bias_initializer=keras.initializers.Constant(self.bias_value),
             name="output",
@@ -76,7 +92,7 @@ class PredictionHead(layers.Layer):
         shape = tuple(input_shape)
         for conv in self.hidden:
             conv.build(shape)
-            shape = shape[:-1] + (self.filters,)
+            shape = self._with_channels(shape, self.filters)
         self.output_conv.build(shape)
         self.built = True
 
@@ -86,8 +102,13 @@ class PredictionHead(layers.Layer):
             x = keras.ops.relu(conv(x))
         return self.output_conv(x)
 
+    def _with_channels(self, shape, channels):
+        shape = list(shape)
+        shape[-1 if self.data_format == "channels_last" else 1] = channels
+        return tuple(shape)
+
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape)[:-1] + (self.output_filters,)
+        return self._with_channels(input_shape, self.output_filters)
 
     def get_config(self):
         config = super().get_config()
@@ -97,6 +118,7 @@ class PredictionHead(layers.Layer):
                 "bias_value": self.bias_value,
                 "num_convs": self.num_convs,
                 "filters": self.filters,
+                "data_format": self.data_format,
             }
         )
         return config

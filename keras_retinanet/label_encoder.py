@@ -1,6 +1,7 @@
 """Anchor matching and regression targets for training (SPEC §3)."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_retinanet.anchors import AnchorGenerator
@@ -10,6 +11,41 @@ from keras_retinanet.boxes import center_to_corners, pairwise_iou
 #: Class-target codes for anchors that are not positives.
 NEGATIVE = -1.0
 IGNORE = -2.0
+
+
+def is_concrete(x):
+    """Whether the values of ``x`` are known now, so they can be checked in Python.
+
+    True for NumPy data and eager tensors; False inside a traced or compiled function
+    (``tf.function``, ``jax.jit``, ``torch.compile``), for symbolic ``keras.KerasTensor``s and
+    for PyTorch ``meta`` tensors (Keras' shape inference). Value checks (NaN, ranges) run only
+    when this is true, so they never break tracing.
+    """
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
+        return True
+    if isinstance(x, keras.KerasTensor):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly() and hasattr(x, "numpy") and not tf.is_symbolic_tensor(x)
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return False
+        return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
+    return True
+
+
+def any_true(mask):
+    """``bool(ops.any(mask))`` for a concrete boolean tensor (one scalar host transfer)."""
+    return bool(ops.convert_to_numpy(ops.any(mask)))
 
 
 @keras.saving.register_keras_serializable(package="keras_retinanet")
@@ -58,21 +94,61 @@ class LabelEncoder:
             ``[B, A, 5]`` float32: ``[..., :4]`` box targets (``BoxCoder.encode`` of the
             matched box; zeros for non-positive anchors) and ``[..., 4]`` the class target:
             the class id for positives, ``-1`` for negatives, ``-2`` for ignored anchors.
+
+        Ground truth is matched as given, on every backend and inside compiled steps:
+
+        * boxes are not clipped: a box partly outside the input matches the anchors it
+          overlaps (its target reaches past the border); a box entirely outside the input or
+          with zero width or height overlaps no anchor, so it only adds background;
+        * a row with a NaN or Inf coordinate is treated as padding;
+        * an image without any real row (no objects) gets all anchors negative, and an empty
+          batch (``B = 0``) gives ``[0, A, 5]``.
+
+        With concrete inputs (NumPy arrays or eager tensors) a non-padding row with a NaN or
+        Inf coordinate, or inverted (``x2 < x1`` or ``y2 < y1``, typically ``[x, y, w, h]``
+        boxes passed as corners), raises ``ValueError`` instead.
+
+        Raises:
+            ValueError: for a malformed ``image_shape``, ``gt_boxes`` or ``gt_classes``
+                shape, or the concrete-value checks above.
         """
+        try:
+            if len(image_shape) != 2:
+                raise TypeError
+        except TypeError:
+            raise ValueError(f"image_shape must be (height, width), got {image_shape!r}") from None
         gt_boxes = ops.convert_to_tensor(gt_boxes, dtype="float32")
         gt_classes = ops.cast(ops.convert_to_tensor(gt_classes), "float32")
         if len(gt_boxes.shape) != 3 or gt_boxes.shape[-1] != 4:
             raise ValueError(f"gt_boxes must be [batch, boxes, 4], got shape {gt_boxes.shape}")
         if len(gt_classes.shape) != 2:
             raise ValueError(f"gt_classes must be [batch, boxes], got shape {gt_classes.shape}")
+        for axis in (0, 1):
+            a, b = gt_boxes.shape[axis], gt_classes.shape[axis]
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"gt_classes must be [batch, boxes] matching gt_boxes [batch, boxes, 4], got "
+                    f"shapes {tuple(gt_classes.shape)} and {tuple(gt_boxes.shape)}"
+                )
         anchors = self.anchor_generator(image_shape[0], image_shape[1])  # [A, 4] cxcywh
         batch = ops.shape(gt_boxes)[0]
         num_anchors = ops.shape(anchors)[0]
-        if gt_boxes.shape[1] == 0:  # no boxes at all in this batch: everything is background
+        if gt_boxes.shape[0] == 0 or gt_boxes.shape[1] == 0:
+            # An empty batch, or no boxes at all in this batch: everything is background.
             targets = ops.zeros((batch, num_anchors, 4), "float32")
             classes = ops.full((batch, num_anchors, 1), NEGATIVE, "float32")
             return ops.concatenate([targets, classes], axis=-1)
-        valid = gt_classes >= 0.0  # [B, M]
+        real = gt_classes >= 0.0  # [B, M]
+        finite = ops.all(ops.isfinite(gt_boxes), axis=-1)  # [B, M]
+        if is_concrete(gt_boxes) and is_concrete(gt_classes):
+            inverted = ops.logical_or(
+                gt_boxes[..., 2] < gt_boxes[..., 0], gt_boxes[..., 3] < gt_boxes[..., 1]
+            )
+            bad = ops.logical_and(real, ops.logical_or(ops.logical_not(finite), inverted))
+            if any_true(bad):
+                _raise_bad_rows(ops.convert_to_numpy(gt_boxes), ops.convert_to_numpy(real))
+        gt_boxes = ops.where(finite[..., None], gt_boxes, 0.0)
+        valid = ops.logical_and(real, finite)  # [B, M]
         anchor_corners = center_to_corners(anchors)[None]  # [1, A, 4]
         iou = pairwise_iou(anchor_corners, gt_boxes)  # [B, A, M]
         iou = ops.where(valid[:, None, :], iou, -1.0)
@@ -106,3 +182,16 @@ class LabelEncoder:
         for key in ("anchor_generator", "box_coder"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _raise_bad_rows(boxes, real):
+    """``ValueError`` naming the first non-padding ``gt_boxes`` row that is NaN/Inf or inverted."""
+    for b, m in zip(*np.nonzero(real), strict=True):
+        x1, y1, x2, y2 = (float(v) for v in boxes[b, m])
+        if not np.isfinite(boxes[b, m]).all():
+            raise ValueError(f"gt_boxes[{b}, {m}] has a NaN or Inf coordinate: {boxes[b, m]}")
+        if x2 < x1 or y2 < y1:
+            raise ValueError(
+                f"gt_boxes[{b}, {m}] = {boxes[b, m]} is inverted: corners [x1, y1, x2, y2] need "
+                "x1 <= x2 and y1 <= y2 (were [x, y, w, h] boxes passed?)"
+            )

@@ -1,9 +1,11 @@
 """Focal loss for classification plus smooth L1 for boxes (SPEC §3)."""
 
+import math
+
 import keras
 from keras import ops
 
-from keras_retinanet.label_encoder import IGNORE
+from keras_retinanet.label_encoder import IGNORE, any_true, is_concrete
 
 
 def _sigmoid_cross_entropy(labels, logits):
@@ -33,7 +35,13 @@ class RetinaNetLoss(keras.losses.Loss):
         y_pred: ``[B, A, 4 + C]`` raw model outputs.
 
     Returns:
-        ``[B]`` per-image losses, reduced by ``reduction``.
+        ``[B]`` per-image losses, reduced by ``reduction``. An image with no objects (all
+        anchors negative) gives 0; NaN or Inf in ``y_pred`` gives a NaN loss rather than being
+        hidden (``keras.callbacks.TerminateOnNaN`` stops such a run).
+
+    Raises:
+        ValueError: for shapes other than the above, ``y_true`` and ``y_pred`` with different
+            batch or anchor counts, and (concrete ``y_true`` only) class ids ``>= num_classes``.
     """
 
     def __init__(
@@ -53,7 +61,8 @@ class RetinaNetLoss(keras.losses.Loss):
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-        if gamma < 0.0 or delta <= 0.0 or box_loss_weight < 0.0:
+        # Written so that NaN fails every comparison.
+        if not (0.0 <= gamma < math.inf and 0.0 < delta < math.inf and 0.0 <= box_loss_weight):
             raise ValueError(
                 f"gamma and box_loss_weight must be >= 0 and delta > 0, got gamma={gamma}, "
                 f"delta={delta}, box_loss_weight={box_loss_weight}"
@@ -67,10 +76,11 @@ class RetinaNetLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.cast(y_pred, "float32")
-        if y_pred.shape[-1] is not None and y_pred.shape[-1] != 4 + self.num_classes:
+        self._check_shapes(tuple(y_true.shape), tuple(y_pred.shape))
+        if is_concrete(y_true) and any_true(y_true[..., 4] >= float(self.num_classes)):
             raise ValueError(
-                f"y_pred must have 4 + num_classes = {4 + self.num_classes} values per anchor, "
-                f"got shape {y_pred.shape}"
+                f"y_true class ids must be < num_classes={self.num_classes} (or -1 / -2 for "
+                "negative / ignored anchors)"
             )
         class_ids = y_true[..., 4]  # [B, A]
         positive = ops.cast(class_ids >= 0.0, "float32")
@@ -96,6 +106,28 @@ class RetinaNetLoss(keras.losses.Loss):
         num_positive = ops.sum(positive, axis=-1)  # [B]
         total = cls_loss + self.box_loss_weight * box_loss
         return ops.where(num_positive > 0.0, total / ops.maximum(num_positive, 1.0), 0.0)
+
+    def _check_shapes(self, true_shape, pred_shape):
+        if len(pred_shape) != 3:
+            raise ValueError(
+                f"y_pred must be [batch, anchors, 4 + num_classes], got shape {pred_shape}"
+            )
+        if pred_shape[-1] is not None and pred_shape[-1] != 4 + self.num_classes:
+            raise ValueError(
+                f"y_pred must have 4 + num_classes = {4 + self.num_classes} values per anchor, "
+                f"got shape {pred_shape}"
+            )
+        if len(true_shape) != 3 or (true_shape[-1] is not None and true_shape[-1] != 5):
+            raise ValueError(
+                f"y_true must be [batch, anchors, 5] (LabelEncoder.encode), got shape {true_shape}"
+            )
+        for axis, what in ((0, "batch size"), (1, "anchor count")):
+            a, b = true_shape[axis], pred_shape[axis]
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"y_true and y_pred must have the same {what}, got shapes {true_shape} and "
+                    f"{pred_shape}"
+                )
 
     def get_config(self):
         config = super().get_config()

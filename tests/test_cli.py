@@ -103,3 +103,97 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, monkeypatch, capsys, argv
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------ --overwrite
+
+
+def _one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("keras-retinanet: error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--train-annotations", "a.json", "--train-images", "images"],
+        ["predict", "--model", "m.keras", "--images", "images"],
+        ["demo", "--epochs", "1", "--num-train", "2", "--num-val", "1"],
+        ["shapes", "--num-train", "2", "--num-val", "1"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_non_empty_output_is_refused_without_overwrite(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.json").write_text("{}")  # inputs exist, so the output check is reached
+    (tmp_path / "m.keras").write_text("")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "x.png").write_bytes(b"")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--output", "out"])
+    assert exc.value.code == 2
+    _one_line_error(capsys, "--output 'out'", "--overwrite")
+    assert sorted(os.listdir(tmp_path / "out")) == ["keep.txt"]
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_writes_into_a_non_empty_output(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    argv = ["shapes", "--output", str(out), "--num-train", "2", "--num-val", "1"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "annotations" / "instances_train.json").is_file()
+    assert (out / "keep.txt").read_text() == "mine"  # other files are left alone
+    # A second run replaces its own files; an empty or new folder needs no --overwrite.
+    assert main([*argv, "--overwrite"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["shapes", "--output", str(tmp_path / "empty"), "--num-train", "1"]) == 0
+    assert main(["shapes", "--output", str(tmp_path / "new" / "dir"), "--num-val", "1"]) == 0
+    capsys.readouterr()
+
+
+def test_output_that_is_a_file_is_refused_even_with_overwrite(tmp_path, capsys):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        main(["shapes", "--output", str(tmp_path / "out"), "--overwrite"])
+    assert exc.value.code == 2
+    _one_line_error(capsys, "is not a directory")
+    assert (tmp_path / "out").read_text() == "not a folder"
+
+
+def test_demo_reuses_its_default_output_but_not_a_named_one(tmp_path, monkeypatch, capsys):
+    """The README's ``python -m keras_retinanet demo`` runs twice in a row; the training is
+    replaced by a stub here (the end-to-end test above runs the real one)."""
+    from keras_retinanet import cli
+
+    outputs = []
+
+    def fake_train(args):
+        assert args.overwrite  # the demo's own folder already holds the dataset
+        outputs.append(args.output)
+        os.makedirs(args.output, exist_ok=True)
+        (tmp_path / args.output / "model.keras").write_text("stub")
+        return None, {}
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    monkeypatch.setattr(cli, "_evaluate", lambda *a: ({"AP": 0.0, "AP75": 0.0, "AP50": 0.5}, []))
+    monkeypatch.setattr(cli, "_draw", lambda model, run, records, output, *a: ([output], []))
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--epochs", "1", "--num-train", "2", "--num-val", "1", "--verbose", "0"]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    assert outputs == [cli.DEMO_OUTPUT, cli.DEMO_OUTPUT]
+    assert (tmp_path / "runs" / "demo" / "shapes" / "annotations").is_dir()
+    assert capsys.readouterr().out.strip().endswith("mAP@0.5: 0.5000")
+    # Naming the same folder explicitly is the user's choice of location: it must be empty.
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--output", cli.DEMO_OUTPUT])
+    assert exc.value.code == 2
+    _one_line_error(capsys, "--overwrite")
+    assert main([*argv, "--output", cli.DEMO_OUTPUT, "--overwrite"]) == 0

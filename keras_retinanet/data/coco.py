@@ -20,6 +20,7 @@ needs contiguous indices, so categories are sorted by id and numbered 0..C-1.
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -32,9 +33,18 @@ class CocoDataset:
 
     Crowd annotations (``iscrowd == 1``) describe a group of objects with one box; they are
     left out of the training targets, as in the reference implementations (the COCO evaluator
-    reads them from the JSON file itself). Boxes with a non-positive width or height are
-    dropped. Images without any remaining annotation are kept unless ``skip_empty`` is set:
-    they are useful negatives.
+    reads them from the JSON file itself). Boxes are clipped to the image
+    (``[0, width] x [0, height]``); boxes with a non-positive width or height, before or after
+    clipping (for example entirely outside the image), are dropped. Images without any
+    remaining annotation are kept unless ``skip_empty`` is set: they are useful negatives.
+
+    Raises:
+        FileNotFoundError: when ``annotation_file`` or ``image_dir`` does not exist.
+        ValueError: naming the file and the offending entry, for invalid JSON, a missing
+            ``images`` / ``annotations`` / ``categories`` list, an image without ``id``,
+            ``file_name``, or a positive integer ``height`` / ``width``, an annotation without
+            ``image_id``, ``category_id`` or a ``bbox`` of 4 finite numbers, references to
+            unknown image or category ids, and duplicate ids.
 
     Args:
         annotation_file: path to an ``instances_*.json`` file.
@@ -89,13 +99,17 @@ class CocoDataset:
             image_id = int(_field(img, "id", where, "image"))
             if image_id in images:
                 raise ValueError(f"{where}: duplicate image id {image_id} in 'images'")
-            file_name = str(_field(img, "file_name", where, f"image {image_id}"))
+            file_name = _field(img, "file_name", where, f"image {image_id}")
+            if not isinstance(file_name, str) or not file_name:
+                raise ValueError(
+                    f"{where}: image {image_id} field 'file_name' must be a non-empty string"
+                )
             images[image_id] = {
                 "image_id": image_id,
                 "file_name": file_name,
                 "path": None if self.image_dir is None else os.path.join(self.image_dir, file_name),
-                "height": int(_field(img, "height", where, f"image {image_id}")),
-                "width": int(_field(img, "width", where, f"image {image_id}")),
+                "height": _positive_int(img, "height", where, f"image {image_id}"),
+                "width": _positive_int(img, "width", where, f"image {image_id}"),
                 "_boxes": [],
                 "_classes": [],
             }
@@ -113,13 +127,26 @@ class CocoDataset:
             if ann.get("iscrowd", 0):
                 continue
             bbox = _field(ann, "bbox", where, what)
-            if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-                raise ValueError(f"{where}: {what} field 'bbox' must be [x, y, w, h]")
+            if (
+                not isinstance(bbox, list | tuple)
+                or len(bbox) != 4
+                or not all(_is_finite_number(v) for v in bbox)
+            ):
+                raise ValueError(
+                    f"{where}: {what} field 'bbox' must be [x, y, w, h] finite numbers, "
+                    f"got {bbox!r}"
+                )
             x, y, w, h = (float(v) for v in bbox)
             if not (w > 0 and h > 0):
                 continue
-            images[image_id]["_boxes"].append([x, y, x + w, y + h])
-            images[image_id]["_classes"].append(self.category_id_to_class[category_id])
+            img = images[image_id]
+            width, height = float(img["width"]), float(img["height"])
+            x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            if not (x2 > x1 and y2 > y1):
+                continue  # entirely outside the image
+            img["_boxes"].append([x1, y1, x2, y2])
+            img["_classes"].append(self.category_id_to_class[category_id])
 
         self.records = []
         for image_id in order:
@@ -250,6 +277,17 @@ def write_coco(path, records, class_names, *, category_ids=None, description=Non
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f)
     return path
+
+
+def _is_finite_number(value):
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(obj, key, where, what):
+    value = _field(obj, key, where, what)
+    if not _is_finite_number(value) or value != int(value) or value < 1:
+        raise ValueError(f"{where}: {what} field '{key}' must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _field(obj, key, where, what):

@@ -14,6 +14,8 @@ import numpy as np
 
 from keras_retinanet.data.preprocessing import (
     as_rgb,
+    check_boxes,
+    check_positive,
     load_image,
     normalize_image,
     preprocess_for_inference,
@@ -24,6 +26,8 @@ from keras_retinanet.data.preprocessing import (
 def _records_of(dataset):
     records = getattr(dataset, "records", dataset)
     records = list(records)
+    if not records:
+        raise ValueError("dataset must hold at least one record, got none")
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise ValueError(f"record {i} must be a dict, got {type(rec).__name__}")
@@ -32,19 +36,51 @@ def _records_of(dataset):
     return records
 
 
-def _record_pixels(rec):
+def _record_pixels(rec, index):
+    """``[h, w, 3]`` pixels of a record; ``ValueError`` / ``FileNotFoundError`` name it."""
     image = rec.get("image")
-    if image is None:
-        image = load_image(rec["path"])
-    return as_rgb(image)
+    try:
+        if image is None:
+            image = load_image(rec["path"])
+        return as_rgb(image)
+    except ValueError as e:
+        raise ValueError(f"record {index}: {e}") from e
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"record {index}: {e}") from e
 
 
 def _record_targets(rec, index):
-    boxes = np.asarray(rec.get("boxes", np.zeros((0, 4))), dtype="float32").reshape(-1, 4)
-    classes = np.asarray(rec.get("classes", np.zeros((0,))), dtype="int32").reshape(-1)
+    boxes = check_boxes(rec.get("boxes", np.zeros((0, 4))), name=f"record {index} 'boxes'")
+    classes = np.asarray(rec.get("classes", np.zeros((0,))))
+    if classes.size == 0:
+        classes = classes.reshape(0)
+    integral = classes.dtype.kind in "iu" or (
+        classes.dtype.kind == "f" and np.all(np.isfinite(classes) & (classes == np.round(classes)))
+    )
+    if classes.ndim != 1 or (classes.size and not integral):
+        raise ValueError(
+            f"record {index}: 'classes' must be [n] integer class indices, got {classes.dtype} "
+            f"{classes.shape}"
+        )
+    if classes.size and classes.min() < 0:
+        raise ValueError(f"record {index}: 'classes' must be >= 0, got {classes.min()}")
+    classes = classes.astype("int32")
     if len(boxes) != len(classes):
         raise ValueError(f"record {index}: {len(boxes)} boxes but {len(classes)} classes")
     return boxes, classes
+
+
+def clip_boxes_to_image(boxes, classes, height, width):
+    """Clip ``[n, 4]`` corners to ``[0, width] x [0, height]``; drop boxes left without area.
+
+    Returns:
+        ``(boxes [m, 4] float32, classes [m])`` with ``m <= n``.
+    """
+    boxes = np.asarray(boxes, dtype="float32").reshape(-1, 4)
+    limits = np.asarray([width, height, width, height], dtype="float32")
+    clipped = np.clip(boxes, 0.0, limits)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return clipped[keep], np.asarray(classes)[keep]
 
 
 def _stack_padded(images):
@@ -59,12 +95,22 @@ def _stack_padded(images):
 
 def _check_sizes(min_side, max_side, stride, image_size):
     if image_size is not None:
-        if len(image_size) != 2 or min(int(s) for s in image_size) <= 0:
+        if isinstance(image_size, str) or len(image_size) != 2:
             raise ValueError(f"image_size must be (height, width), got {image_size!r}")
+        check_positive(image_size[0], "image_size[0]")
+        check_positive(image_size[1], "image_size[1]")
         image_size = (int(image_size[0]), int(image_size[1]))
-    if min_side <= 0 or max_side <= 0 or stride <= 0:
-        raise ValueError("min_side, max_side and stride must be positive")
+    for name, value in (("min_side", min_side), ("max_side", max_side), ("stride", stride)):
+        check_positive(value, name)
     return image_size
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
 
 
 class DetectionDataset(keras.utils.PyDataset):
@@ -77,6 +123,14 @@ class DetectionDataset(keras.utils.PyDataset):
       the keras.io example) to a common size, or to ``image_size`` when given;
     * ``boxes``: float32 ``[B, M, 4]`` xyxy pixels in the resized image, zeros in padding rows;
     * ``classes``: int32 ``[B, M]`` contiguous class indices, ``-1`` in padding rows.
+
+    Ground truth of each record is checked when the data set is built: ``boxes`` must be
+    ``[n, 4]`` finite, non-inverted corners and ``classes`` ``[n]`` non-negative integers
+    (``ValueError`` naming the record otherwise). When a batch is made, boxes are clipped to
+    their image and boxes left without area (outside the image, or of zero width or height)
+    are dropped; an image with no boxes gives only padding rows (all anchors background).
+    Unreadable or missing image files raise ``ValueError`` / ``FileNotFoundError`` naming the
+    record and the path.
 
     ``M`` is fixed for the whole data set by default (the most boxes any record has), so a
     compiled train step sees the same shapes every batch and is traced once; with
@@ -129,15 +183,15 @@ class DetectionDataset(keras.utils.PyDataset):
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
         )
         self.records = _records_of(dataset)
-        if int(batch_size) <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.batch_size = int(batch_size)
+        self.batch_size = _check_batch_size(batch_size)
         self.training = bool(training)
         self.image_size = _check_sizes(min_side, max_side, stride, image_size)
         self.min_side, self.max_side, self.stride = min_side, max_side, int(stride)
         self.jitter = None if jitter is None else tuple(jitter)
         self.flip = self.training if flip is None else bool(flip)
         self.flip_probability = float(flip_probability)
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability!r}")
         self.shuffle = self.training if shuffle is None else bool(shuffle)
         self.seed = int(seed)
         self.drop_remainder = bool(drop_remainder)
@@ -186,9 +240,11 @@ class DetectionDataset(keras.utils.PyDataset):
         images, all_boxes, all_classes = [], [], []
         for i in picked:
             rec = self.records[int(i)]
+            pixels = _record_pixels(rec, int(i))
             boxes, classes = _record_targets(rec, int(i))
+            boxes, classes = clip_boxes_to_image(boxes, classes, *pixels.shape[:2])
             image, boxes, _ = preprocess_for_training(
-                _record_pixels(rec),
+                pixels,
                 boxes,
                 rng=rng,
                 min_side=self.min_side,
@@ -246,9 +302,7 @@ class InferenceBatches:
         normalize=True,
     ):
         self.records = _records_of(dataset)
-        if int(batch_size) <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.batch_size = int(batch_size)
+        self.batch_size = _check_batch_size(batch_size)
         self.image_size = _check_sizes(min_side, max_side, stride, image_size)
         self.min_side, self.max_side, self.stride = min_side, max_side, int(stride)
         self.normalize = bool(normalize)
@@ -264,7 +318,7 @@ class InferenceBatches:
         images, ids, ratios, sizes = [], [], [], []
         for pos in range(start, min(start + self.batch_size, len(self.records))):
             rec = self.records[pos]
-            pixels = _record_pixels(rec)
+            pixels = _record_pixels(rec, pos)
             image, ratio = preprocess_for_inference(
                 pixels,
                 min_side=self.min_side,

@@ -10,6 +10,7 @@ Padding only adds pixels at the bottom/right, so it never moves a box.
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -33,10 +34,27 @@ def _pil_image():
 
 
 def load_image(path):
-    """Read an image file as uint8 RGB ``[H, W, 3]`` (grey/RGBA/palette files are converted)."""
+    """Read an image file as uint8 RGB ``[H, W, 3]`` (grey/RGBA/palette files are converted).
+
+    Raises:
+        FileNotFoundError: when ``path`` is not an existing file.
+        ValueError: when the file cannot be decoded as an image (corrupt, truncated or not an
+            image at all); the message names the path.
+    """
     Image = _pil_image()
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype="uint8")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path!r}")
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"), dtype="uint8")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL reports undecodable data as UnidentifiedImageError / OSError ("truncated").
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"cannot read image file {path!r}: {reason}") from e
+    if pixels.ndim != 3 or min(pixels.shape[:2]) < 1:
+        raise ValueError(f"image file {path!r} has no pixels (shape {pixels.shape})")
+    return pixels
 
 
 def as_rgb(image):
@@ -44,14 +62,22 @@ def as_rgb(image):
 
     Accepts ``[H, W]`` and ``[H, W, 1]`` (grey, repeated to 3 channels) and ``[H, W, 4]``
     (alpha dropped). The dtype is kept.
+
+    Raises:
+        ValueError: for another shape, a zero height or width, a non-numeric dtype, or NaN/Inf
+            pixel values.
     """
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected an image of shape [H, W, 3], got {image.shape}")
+        raise ValueError(f"image must be [H, W, 3] (or grey / RGBA), got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image has an empty side: shape {image.shape}")
+    if image.dtype.kind not in "uif":
+        raise ValueError(f"image must have a numeric dtype, got {image.dtype}")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError("image contains NaN or Inf pixel values")
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     elif image.shape[-1] == 4:
@@ -79,9 +105,19 @@ def normalize_image(image):
 
 def compute_resize_ratio(height, width, *, min_side=800, max_side=1333):
     """Scale factor so the short side becomes ``min_side`` without the long side passing
-    ``max_side`` (then the long side becomes ``max_side`` instead)."""
-    if min_side <= 0 or max_side <= 0:
-        raise ValueError(f"min_side and max_side must be positive, got {min_side}, {max_side}")
+    ``max_side`` (then the long side becomes ``max_side`` instead).
+
+    Raises:
+        ValueError: unless ``height``, ``width``, ``min_side`` and ``max_side`` are positive
+            finite numbers.
+    """
+    for name, value in (
+        ("height", height),
+        ("width", width),
+        ("min_side", min_side),
+        ("max_side", max_side),
+    ):
+        check_positive(value, name)
     ratio = float(min_side) / float(min(height, width))
     if ratio * max(height, width) > max_side:
         ratio = float(max_side) / float(max(height, width))
@@ -111,6 +147,40 @@ def resize_image(image, size):
         for c in range(3)
     ]
     return np.stack(channels, axis=-1).astype("float32")
+
+
+def check_positive(value, name):
+    """``ValueError`` naming ``name`` unless ``value`` is a positive finite number."""
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_boxes(boxes, name="boxes"):
+    """``boxes`` as float32 ``[n, 4]`` corners, else ``ValueError`` naming ``name``.
+
+    Accepts an empty list/array for "no boxes". Rejects other shapes (an ``[n, 5]`` array is
+    not silently reshaped), NaN/Inf coordinates and inverted boxes (``x2 < x1`` or
+    ``y2 < y1``, typically ``[x, y, w, h]`` boxes passed as corners).
+    """
+    boxes = np.asarray(boxes, dtype="float32")
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must be [n, 4] corners [x1, y1, x2, y2], got {boxes.shape}")
+    if not np.isfinite(boxes).all():
+        raise ValueError(f"{name} contain NaN or Inf coordinates")
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if inverted.any():
+        i = int(np.argmax(inverted))
+        raise ValueError(
+            f"{name}[{i}] = {boxes[i].tolist()} is inverted: corners [x1, y1, x2, y2] need "
+            "x1 <= x2 and y1 <= y2 (were [x, y, w, h] boxes passed?)"
+        )
+    return boxes
 
 
 def _padded_size(size, stride):
@@ -150,14 +220,23 @@ def resize_and_pad(
     """
     image = as_rgb(image)
     height, width = image.shape[:2]
+    if image_size is None:
+        check_positive(stride, "stride")
     if jitter is not None:
-        lo, hi = jitter
-        if not 0 < lo <= hi:
+        try:
+            lo, hi = (float(v) for v in jitter)
+        except (TypeError, ValueError):
+            raise ValueError(f"jitter must be (lo, hi) with 0 < lo <= hi, got {jitter!r}") from None
+        if not 0 < lo <= hi < math.inf:
             raise ValueError(f"jitter must be (lo, hi) with 0 < lo <= hi, got {jitter!r}")
         rng = np.random.default_rng() if rng is None else rng
         min_side = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
     ratio = compute_resize_ratio(height, width, min_side=min_side, max_side=max_side)
     if image_size is not None:
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be (height, width), got {image_size!r}")
+        check_positive(image_size[0], "image_size[0]")
+        check_positive(image_size[1], "image_size[1]")
         out_h, out_w = int(image_size[0]), int(image_size[1])
         if out_h <= 0 or out_w <= 0:
             raise ValueError(f"image_size must be positive, got {image_size!r}")
@@ -167,8 +246,6 @@ def resize_and_pad(
     if image_size is not None:
         new_h, new_w = min(new_h, out_h), min(new_w, out_w)
     else:
-        if stride <= 0:
-            raise ValueError(f"stride must be positive, got {stride}")
         out_h, out_w = _padded_size(new_h, stride), _padded_size(new_w, stride)
     resized = resize_image(image, (new_h, new_w))
     padded = np.zeros((out_h, out_w, 3), dtype="float32")
@@ -187,8 +264,14 @@ def random_flip_horizontal(image, boxes, rng, *, p=0.5):
 
     Returns:
         ``(image, boxes)``, new arrays when flipped, the inputs otherwise.
+
+    Raises:
+        ValueError: for ``boxes`` that are not valid ``[n, 4]`` corners (see
+            :func:`check_boxes`) or ``p`` outside ``[0, 1]``.
     """
-    boxes = np.asarray(boxes, dtype="float32").reshape(-1, 4)
+    boxes = check_boxes(boxes)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     if rng.random() >= p:
         return image, boxes
     width = np.asarray(image).shape[1]
@@ -224,12 +307,17 @@ def preprocess_for_training(
 
     Returns:
         ``(image, boxes, ratio)``: float32 ``[H', W', 3]``, float32 ``[n, 4]`` boxes in the
-        resized image, and the resize ratio.
+        resized image, and the resize ratio. Boxes are scaled as given, not clipped
+        (:class:`~keras_retinanet.data.DetectionDataset` clips and drops them per record).
+
+    Raises:
+        ValueError: for an invalid ``image`` (see :func:`as_rgb`) or ``boxes`` (see
+            :func:`check_boxes`), and for bad resize options.
     """
     image = as_rgb(image)
+    boxes = check_boxes(boxes)
     if flip:
         image, boxes = random_flip_horizontal(image, boxes, rng, p=flip_probability)
-    boxes = np.asarray(boxes, dtype="float32").reshape(-1, 4)
     padded, ratio = resize_and_pad(
         image,
         min_side=min_side,

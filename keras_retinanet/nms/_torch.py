@@ -313,7 +313,7 @@ def combined_non_max_suppression(
     out_boxes = torch.zeros((batch, k, 4), device=device)
     out_scores = torch.zeros((batch, k), device=device)
     out_classes = torch.zeros((batch, k), device=device)
-    if num_boxes == 0 or num_classes == 0:
+    if batch == 0 or num_boxes == 0 or num_classes == 0:
         return (
             out_boxes,
             out_scores,

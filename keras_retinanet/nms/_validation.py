@@ -15,7 +15,7 @@ def _dims(shape):
     for dim in tuple(shape):
         try:
             dims.append(None if dim is None else int(dim))
-        except (TypeError, ValueError):
+        except Exception:  # symbolic sizes (e.g. jax.export dimensions) are unknown here
             dims.append(None)
     return tuple(dims)
 
