@@ -460,7 +460,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 px, one repeat (smoke run)")
     parser.add_argument("--size", type=int, default=None, help="image size (512)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (5)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (3)")
     parser.add_argument("--only", nargs="*", help="configurations whose name contains these")
     parser.add_argument(
         "--reference",
@@ -475,7 +475,7 @@ def main(argv=None):
     if args.worker:
         return worker(json.loads(args.worker))
     size = args.size or (128 if args.quick else 512)
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 3)
     configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only)]
     reference = args.reference
     if not any(c[0] == reference for c in configs):
