@@ -80,6 +80,8 @@ def bench(session):
     # KerasHub's RetinaNet is a peer. Its declared dependencies include tensorflow-text, which
     # would replace the pinned TensorFlow; it only needs these two to import and run.
     session.install("--no-deps", "keras-hub==0.32.0", "regex", "tokenizers")
+    # torchvision's RetinaNet is the reference peer: 0.28.0 is the release for the pinned torch.
+    session.install(*CONSTRAINTS, "torchvision==0.28.0")
     out = os.path.join("benchmarks", "results")
     for script in sorted(os.listdir("benchmarks")):
         if script.endswith(".py") and not script.startswith("_"):

@@ -9,7 +9,9 @@ location, 256-filter heads with 4 hidden convs, sigmoid focal loss):
   PyTorch (see ``KERAS_HUB_INSTALL``): ``tensorflow-text``, a hard requirement in its metadata,
   pins its own TensorFlow and is needed only by the text tokenizers.
 * **torchvision** (``torchvision.models.detection.retinanet_resnet50_fpn``): the reference
-  PyTorch implementation, timed in eager mode.
+  PyTorch implementation, timed in eager mode. With the pinned CPU torch its C++ extension
+  cannot load (see ``_declare_torchvision_op_schemas``); the network, matching and losses that
+  are timed are plain torch code and run all the same.
 
 Both are built with **random weights**: pretrained checkpoints (KerasHub presets on Kaggle,
 torchvision's on download.pytorch.org) cannot be downloaded here, and timings do not depend
@@ -198,36 +200,78 @@ def keras_hub_retinanet(*, num_classes=80, image_size=512):
 # --- torchvision --------------------------------------------------------------------------
 
 
+#: The torchvision release built for torch 2.13.0, the torch that ``constraints.txt`` pins.
+TORCHVISION_INSTALL = 'pip install -c constraints.txt "torchvision==0.28.0"'
+
+#: Schemas of the compiled ops that ``import torchvision`` registers Python fake kernels for
+#: unconditionally (``torchvision/_meta_registrations.py``); every other op it registers only
+#: when its C++ extension has loaded.
+_TORCHVISION_OP_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+
+#: Keeps the ``torch.library.Library`` that declares those schemas alive (a library's
+#: definitions are removed when the object is collected).
+_DECLARED_TORCHVISION_OPS = []
+
+
+def _declare_torchvision_op_schemas(torch):
+    """Declares ``torchvision::nms`` and ``torchvision::qnms`` without any kernel.
+
+    The only torchvision wheel for torch 2.13.0 (0.28.0) links its C++ extension (``_C.so``)
+    against the CUDA build of libtorch, which the pinned CPU torch cannot load. torchvision
+    then goes on without its ops, except that ``_meta_registrations`` registers fake kernels
+    for these two ops and fails with "operator torchvision::nms does not exist". With the
+    schemas declared, the pure-Python model code imports and runs: the RetinaNet network, its
+    anchors, matching and losses use only core torch ops. What needs the compiled ops
+    (``torchvision.ops.nms`` in the eval-mode postprocess, RoI ops) still raises torchvision's
+    own "Couldn't load custom C++ ops" error, so nothing silently runs a substitute.
+    """
+    library = torch.library.Library("torchvision", "DEF")
+    for schema in _TORCHVISION_OP_SCHEMAS:
+        library.define(schema)
+    _DECLARED_TORCHVISION_OPS.append(library)
+
+
 def _import_torchvision_detection():
-    """``(torch, torchvision.models.detection)``, or ``PeerUnavailable`` with the reason."""
+    """``(torch, torchvision.models.detection, compiled_ops)``, or ``PeerUnavailable``.
+
+    ``compiled_ops`` is False when torchvision runs without its C++ extension (see
+    ``_declare_torchvision_op_schemas``); the benchmarked forward and train step never call it.
+    """
+    import sys
+
     try:
         import torch
     except Exception as error:
         raise PeerUnavailable(f"torch is not importable ({_one_line(error)})") from error
-    # torchvision wheels are built against one torch build; a CPU-only torch cannot load the
-    # CUDA-linked extension of the only wheel matching torch 2.13.0 (torchvision==0.28.0).
-    cpu_torch = torch.version.cuda is None
     torch_release = torch.__version__.split("+")[0]
-    try:
-        import torchvision.models.detection as detection
-    except ModuleNotFoundError as error:
-        if error.name != "torchvision":
-            raise PeerUnavailable(f"torchvision import failed ({_one_line(error)})") from error
-        hint = (
-            f": its wheels for torch {torch_release} need the CUDA build of torch, "
-            f"and this environment has the CPU build ({torch.__version__})"
-            if cpu_torch
-            else f" (install the torchvision release matching torch {torch.__version__})"
-        )
-        raise PeerUnavailable(f"torchvision is not installed{hint}") from error
-    except Exception as error:  # e.g. "RuntimeError: operator torchvision::nms does not exist"
-        hint = (
-            f"its wheels need the CUDA build of torch {torch_release}"
-            if cpu_torch
-            else f"torchvision does not match torch {torch.__version__}"
-        )
-        raise PeerUnavailable(f"torchvision import failed ({_one_line(error)}): {hint}") from error
-    return torch, detection
+    for attempt in range(2):
+        try:
+            import torchvision.extension
+            import torchvision.models.detection as detection
+        except ModuleNotFoundError as error:
+            if error.name != "torchvision":
+                raise PeerUnavailable(f"torchvision import failed ({_one_line(error)})") from error
+            raise PeerUnavailable(
+                f"torchvision is not installed (for torch {torch_release}: {TORCHVISION_INSTALL})"
+            ) from error
+        except RuntimeError as error:
+            missing_op = "operator torchvision::" in str(error) and "does not exist" in str(error)
+            if attempt or not missing_op:
+                raise PeerUnavailable(
+                    f"torchvision import failed ({_one_line(error)}); it must match torch "
+                    f"{torch.__version__}"
+                ) from error
+            # Drop the half-imported package, declare the two schemas and import it again.
+            for name in list(sys.modules):
+                if name == "torchvision" or name.startswith("torchvision."):
+                    del sys.modules[name]
+            _declare_torchvision_op_schemas(torch)
+            continue
+        return torch, detection, torchvision.extension._has_ops()
+    raise AssertionError("unreachable")
 
 
 def torchvision_retinanet(*, num_classes=91, image_size=512):
@@ -256,7 +300,7 @@ def torchvision_retinanet(*, num_classes=91, image_size=512):
     Raises:
         PeerUnavailable: when torch or torchvision cannot be imported.
     """
-    torch, detection = _import_torchvision_detection()
+    torch, detection, _ = _import_torchvision_detection()
     model = detection.retinanet_resnet50_fpn(
         weights=None,
         weights_backbone=None,

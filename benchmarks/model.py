@@ -49,6 +49,8 @@ CONFIGS = [
     ("KerasHub torch", "torch", "eager", "channels_last", "keras_hub"),
     ("torchvision", "torch", "eager", "channels_first", "torchvision"),
 ]
+#: Ratios compare with this configuration when the requested reference cannot run.
+FALLBACK_REFERENCE = "torch eager NCHW"
 MEASURES = ["forward1", "forward8", "predict1", "train2"]
 NUM_CLASSES = 80
 
@@ -302,18 +304,22 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def run_group(configs, size, repeats):
+def run_group(configs, size, repeats, need_first=False):
     """Starts one worker per configuration, then times each measure round-robin ``repeats``
-    times (after one untimed warm-up round, which also triggers each function's compile)."""
+    times (after one untimed warm-up round, which also triggers each function's compile).
+    With ``need_first``, returns at once (only the first row) when the first configuration
+    cannot run."""
     results = []
     workers = []
-    for config in configs:
+    for index, config in enumerate(configs):
         print(f"starting {config[0]} ...", file=sys.stderr, flush=True)
         worker_ = Worker(config, size)
         if "unavailable" in worker_.ready:
             print(f"  unavailable: {worker_.ready['unavailable']}", file=sys.stderr)
             results.append({"config": config[0], "unavailable": worker_.ready["unavailable"]})
             worker_.close()
+            if index == 0 and need_first:
+                return results
             continue
         workers.append(worker_)
     samples = {w.config[0]: {m: [] for m in MEASURES} for w in workers}
@@ -357,14 +363,26 @@ def run_group(configs, size, repeats):
 def run(configs, size, repeats, reference, max_workers):
     """Runs the configurations in groups of at most ``max_workers`` resident workers (memory:
     each holds a ResNet50 and its compiled programs), every group with the ``reference``
-    configuration in it, so each ratio compares two configurations timed interleaved."""
-    ref = [c for c in configs if c[0] == reference]
+    configuration in it, so each ratio compares two configurations timed interleaved.
+
+    Returns ``(rows, reference)``: when the requested reference cannot run, the ratios are
+    taken against ``FALLBACK_REFERENCE`` instead and its row says why the first could not.
+    """
+    ref = [c for c in CONFIGS if c[0] == reference]
     others = [c for c in configs if c[0] != reference]
     step = max(1, max_workers - len(ref))
     results = []
     for start in range(0, max(len(others), 1), step):
-        group = run_group(ref + others[start : start + step], size, repeats)
+        group = run_group(ref + others[start : start + step], size, repeats, need_first=True)
         ref_row = next((r for r in group if r["config"] == reference), None)
+        if start == 0 and "unavailable" in group[0] and reference != FALLBACK_REFERENCE:
+            print(
+                f"reference {reference} cannot run; ratios use {FALLBACK_REFERENCE}",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows, used = run(others, size, repeats, FALLBACK_REFERENCE, max_workers)
+            return group + rows, used
         for row in group:
             if row["config"] == reference and any(r["config"] == reference for r in results):
                 continue  # reported once, from the first group
@@ -372,7 +390,7 @@ def run(configs, size, repeats, reference, max_workers):
             usable = ref_row is not None and "unavailable" not in ref_row
             row["reference"] = {k: ref_row[k] for k in keep} if usable else None
             results.append(row)
-    return results
+    return results, reference
 
 
 def _fmt(value, digits=2):
@@ -464,10 +482,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="configurations whose name contains these")
     parser.add_argument(
         "--reference",
-        default="torch eager NCHW",
-        help="configuration the ratios compare with (torchvision's RetinaNet is the peer the "
-        "targets name, but its wheels need CUDA-enabled PyTorch, so by default the reference "
-        "is our fastest PyTorch path)",
+        default="torchvision",
+        help="configuration the ratios compare with (default: torchvision's RetinaNet, the "
+        "peer the speed targets name); when it cannot run, the ratios use 'torch eager NCHW'",
     )
     parser.add_argument("--max-workers", type=int, default=4, help="resident workers (memory)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -477,10 +494,9 @@ def main(argv=None):
     size = args.size or (128 if args.quick else 512)
     repeats = args.repeats or (1 if args.quick else 3)
     configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only)]
-    reference = args.reference
-    if not any(c[0] == reference for c in configs):
-        configs = [c for c in CONFIGS if c[0] == reference] + configs
-    results = run(configs, size, repeats, reference, args.max_workers)
+    if not any(c[0] == args.reference for c in CONFIGS):
+        parser.error(f"--reference must name a configuration, got {args.reference!r}")
+    results, reference = run(configs, size, repeats, args.reference, args.max_workers)
     table = markdown(results, size, repeats, reference)
     print(table)
     out = os.environ.get("BENCHMARK_OUTPUT_DIR", os.path.join(HERE, "results"))
