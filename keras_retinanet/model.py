@@ -8,6 +8,7 @@ from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.backbone import get_backbone
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.fpn import FeaturePyramid
+from keras_retinanet.graph_runner import call_releasing
 from keras_retinanet.heads import PredictionHead, prior_bias
 from keras_retinanet.label_encoder import LabelEncoder, any_true, is_concrete
 from keras_retinanet.layout import spatial_axes, standardize_data_format
@@ -133,7 +134,8 @@ class RetinaNet(keras.Model):
 
     def call(self, images, training=False):
         validate_images(images, self.data_format)
-        features = self.backbone(images, training=training)
+        # Eager backends would otherwise hold every backbone activation until it returns.
+        features = call_releasing(self.backbone, images, training=training)
         batch = ops.shape(images)[0]
         box_outputs, cls_outputs = [], []
         for feature in self.fpn(features):

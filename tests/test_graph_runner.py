@@ -1,0 +1,124 @@
+"""``call_releasing``: same outputs as ``Functional.call``, intermediates freed early."""
+
+import gc
+import weakref
+
+import keras
+import numpy as np
+import pytest
+
+from keras_retinanet import RetinaNet
+from keras_retinanet.backbone import compact_backbone, resnet50_backbone
+from keras_retinanet.graph_runner import call_releasing
+
+
+def _numpy(tree):
+    return [keras.ops.convert_to_numpy(x) for x in keras.tree.flatten(tree)]
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("factory", [compact_backbone, resnet50_backbone])
+def test_outputs_equal_functional_call(factory, training):
+    keras.utils.set_random_seed(1)
+    backbone = factory(input_shape=(64, 64, 3))
+    x = np.random.default_rng(0).normal(0, 50, (2, 64, 64, 3)).astype("float32")
+    # training=True: BatchNormalization normalises with the batch's own moments.
+    expected = _numpy(backbone(x, training=training))
+    got = _numpy(call_releasing(backbone, x, training=training))
+    assert len(got) == len(expected) == 3
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        np.testing.assert_array_equal(g, e)
+
+
+def test_training_flag_reaches_batch_normalization():
+    keras.utils.set_random_seed(1)
+    backbone = compact_backbone(input_shape=(32, 32, 3))
+    x = np.random.default_rng(0).normal(0, 50, (2, 32, 32, 3)).astype("float32")
+    inference = _numpy(call_releasing(backbone, x, training=False))
+    training = _numpy(call_releasing(backbone, x, training=True))
+    assert not np.allclose(inference[0], training[0])
+
+
+class _Probe(keras.layers.Layer):
+    """Identity layer that keeps a weak reference to its input."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = None
+
+    def call(self, x):
+        self.seen = weakref.ref(x)
+        return x * 1.0
+
+
+class _AssertReleased(keras.layers.Layer):
+    """Identity layer that records whether the probe's input was still alive when it ran."""
+
+    def __init__(self, probe, **kwargs):
+        super().__init__(**kwargs)
+        self.probe = probe
+        self.alive_when_called = None
+
+    def call(self, x):
+        gc.collect()
+        self.alive_when_called = self.probe.seen() is not None
+        return x + 1.0
+
+
+def _probe_model():
+    inputs = keras.Input((8,))
+    first = keras.layers.Dense(8, name="first")(inputs)
+    probe = _Probe(name="probe")
+    second = probe(first)  # `first` has no consumer after this layer
+    third = keras.layers.Dense(8, name="third")(second)
+    check = _AssertReleased(probe, name="check")
+    return keras.Model(inputs, check(third)), check
+
+
+def test_intermediate_is_released_after_its_last_consumer():
+    if keras.backend.backend() == "tensorflow":
+        pytest.skip("weak references to TensorFlow EagerTensors are not supported")
+    model, check = _probe_model()
+    x = np.ones((2, 8), "float32")
+    out = call_releasing(model, x)
+    assert check.alive_when_called is False
+    np.testing.assert_allclose(_numpy(out)[0], _numpy(model(x))[0], rtol=1e-6)
+    model(x)  # Keras' own Functional.call holds every intermediate until the end
+    assert check.alive_when_called is True
+
+
+def test_subclassed_model_falls_back_to_its_call():
+    class Doubler(keras.Model):
+        def call(self, x, training=None):
+            return x * 2.0
+
+    x = np.ones((1, 3), "float32")
+    np.testing.assert_array_equal(_numpy(call_releasing(Doubler(), x))[0], 2 * x)
+
+
+def test_symbolic_inputs_use_the_functional_call():
+    backbone = compact_backbone(input_shape=(32, 32, 3))
+    outputs = call_releasing(backbone, keras.Input((32, 32, 3)))
+    shapes = [tuple(o.shape) for o in outputs]
+    assert shapes == [(None, 4, 4, 64), (None, 2, 2, 128), (None, 1, 1, 256)]
+
+
+def test_retinanet_outputs_unchanged():
+    keras.utils.set_random_seed(2)
+    model = RetinaNet(num_classes=3, backbone="compact")
+    x = np.random.default_rng(0).normal(0, 50, (1, 64, 64, 3)).astype("float32")
+    got = _numpy(model(x))[0]
+    features = model.backbone(x)  # through Functional.call
+    outputs = []
+    for feature in model.fpn(features):
+        box, cls = model.box_head(feature), model.cls_head(feature)
+        outputs.append((keras.ops.reshape(box, (1, -1, 4)), keras.ops.reshape(cls, (1, -1, 3))))
+    expected = np.concatenate(
+        [
+            np.concatenate([_numpy(b)[0] for b, _ in outputs], axis=1),
+            np.concatenate([_numpy(c)[0] for _, c in outputs], axis=1),
+        ],
+        axis=-1,
+    )
+    np.testing.assert_array_equal(got, expected)
