@@ -444,7 +444,57 @@ def markdown(results, size, repeats, reference):
             if r["train2_img_per_s"] and ref["train2_img_per_s"]:
                 tr = ref["train2_img_per_s"] / r["train2_img_per_s"]
             lines.append(f"| {r['config']} | {_fmt(f1)} | {_fmt(f8)} | {_fmt(tr)} |")
+    lines += targets(ok, reference)
     return "\n".join(lines) + "\n"
+
+
+#: The speed targets of the benchmark issue: forward of every backend <= 1.1x torchvision's
+#: RetinaNet forward, predict-with-decoding <= 1.1x the same configuration's forward, and the
+#: JAX train step <= 1.0x torchvision's.
+FORWARD_TARGET, PREDICT_TARGET, JAX_TRAIN_TARGET = 1.1, 1.1, 1.0
+
+
+def targets(ok, reference):
+    """Markdown lines checking each of our configurations against the speed targets (the
+    torchvision ratios only when torchvision was the reference, i.e. timed alongside)."""
+    lines = [
+        "",
+        "Targets (ratios as above; predict / forward within one configuration):",
+        "",
+        "| configuration | forward b1 / torchvision | forward b8 / torchvision | "
+        "predict / forward | train / torchvision (JAX) |",
+        "|---|---|---|---|---|",
+    ]
+
+    def check(value, limit):
+        if value is None:
+            return "—"
+        return f"{value:.2f} {'met' if value <= limit else 'missed'} (≤ {limit})"
+
+    for r in ok:
+        if r["implementation"] != "ours":
+            continue
+        ref = r.get("reference") if reference == "torchvision" else None
+        f1 = f8 = train = predict = None
+        if ref and r["forward1_s"] and ref["forward1_s"]:
+            f1 = r["forward1_s"] / ref["forward1_s"]
+        if ref and r["forward8_s"] and ref["forward8_s"]:
+            f8 = r["forward8_s"] / ref["forward8_s"]
+        if ref and r["backend"] == "jax" and r["train2_img_per_s"] and ref["train2_img_per_s"]:
+            train = ref["train2_img_per_s"] / r["train2_img_per_s"]
+        if r["predict1_s"] and r["forward1_s"]:
+            predict = r["predict1_s"] / r["forward1_s"]
+        lines.append(
+            f"| {r['config']} | {check(f1, FORWARD_TARGET)} | {check(f8, FORWARD_TARGET)} | "
+            f"{check(predict, PREDICT_TARGET)} | {check(train, JAX_TRAIN_TARGET)} |"
+        )
+    if reference != "torchvision":
+        lines += [
+            "",
+            f"torchvision could not run, so its ratios are not shown ({reference} "
+            "was the reference).",
+        ]
+    return lines
 
 
 def plot(results, path):
@@ -487,19 +537,33 @@ def main(argv=None):
         "peer the speed targets name); when it cannot run, the ratios use 'torch eager NCHW'",
     )
     parser.add_argument("--max-workers", type=int, default=4, help="resident workers (memory)")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite model.md and model.png from an existing model.json",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
+    out = os.environ.get("BENCHMARK_OUTPUT_DIR", os.path.join(HERE, "results"))
+    if args.render:
+        with open(os.path.join(out, "model.json")) as f:
+            saved = json.load(f)
+        return _write(out, saved["results"], saved["size"], saved["repeats"], saved["reference"])
     size = args.size or (128 if args.quick else 512)
     repeats = args.repeats or (1 if args.quick else 3)
     configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only)]
     if not any(c[0] == args.reference for c in CONFIGS):
         parser.error(f"--reference must name a configuration, got {args.reference!r}")
     results, reference = run(configs, size, repeats, args.reference, args.max_workers)
+    return _write(out, results, size, repeats, reference)
+
+
+def _write(out, results, size, repeats, reference):
+    """Prints the table and writes ``model.json``, ``model.md`` and ``model.png`` to ``out``."""
     table = markdown(results, size, repeats, reference)
     print(table)
-    out = os.environ.get("BENCHMARK_OUTPUT_DIR", os.path.join(HERE, "results"))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump(
