@@ -130,6 +130,10 @@ class RetinaNet(keras.Model):
             level_shape = (input_shape[0], self.fpn_filters, None, None)
         self.cls_head.build(level_shape)
         self.box_head.build(level_shape)
+        if keras.backend.backend() == "torch":
+            from keras_retinanet.torch_conv_kernels import store_kernels_for_torch
+
+            store_kernels_for_torch(self)
         self.built = True
 
     def call(self, images, training=False):
