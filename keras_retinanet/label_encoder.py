@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_retinanet.anchors import AnchorGenerator
+from keras_retinanet.backends import is_concrete_tensor
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.boxes import center_to_corners, pairwise_iou
 
@@ -25,22 +26,7 @@ def is_concrete(x):
         return True
     if isinstance(x, keras.KerasTensor):
         return False
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly() and hasattr(x, "numpy") and not tf.is_symbolic_tensor(x)
-    if backend == "jax":
-        import jax
-
-        return not isinstance(x, jax.core.Tracer)
-    if backend == "torch":
-        import torch
-
-        if torch.compiler.is_compiling():
-            return False
-        return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
-    return True
+    return is_concrete_tensor(x)
 
 
 def any_true(mask):

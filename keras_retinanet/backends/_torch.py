@@ -1,4 +1,9 @@
-"""PyTorch only: lays out ``Conv2D`` kernels in the memory order torch's convolution reads.
+"""PyTorch-specific helpers (imported only when the torch backend is active).
+
+``is_concrete_tensor``: whether a value is known now (not traced, not a ``meta`` tensor).
+
+``store_kernels_for_torch`` lays out ``Conv2D`` kernels in the memory order torch's
+convolution reads.
 
 Keras keeps a ``Conv2D`` kernel as ``[kh, kw, in, out]`` (HWIO) on every backend. Its torch
 backend permutes that to torch's ``[out, in, kh, kw]`` (OIHW; for channels_last layers, OIHW
@@ -12,12 +17,17 @@ already contiguous. The variable keeps its HWIO shape, values and dtype, so savi
 the optimizers and other backends see no difference, and because Keras assigns torch
 variables in place (``copy_``), loaded weights and optimizer updates keep the layout. Outputs
 are bit-identical: the convolution receives the same values, only without the copy.
-
-Imported only when the torch backend is active.
 """
 
 import keras
 import torch
+
+
+def is_concrete_tensor(x):
+    """False while ``torch.compile`` traces and for ``meta`` tensors (Keras shape inference)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
 
 
 def _conv2d_layers(model):
