@@ -136,3 +136,23 @@ def test_model_outputs_and_a_train_step_match_keras_convolution(data_format, tmp
     loaded = keras.saving.load_model(path)
     assert any("convolution_op" in vars(layer) for layer in loaded._flatten_layers())
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,cout", [(1, 5), (3, 300)])
+def test_forward_mode_autodiff_and_vmap_work(kernel, cout):
+    import jax
+    import jax.numpy as jnp
+
+    shape = (2, 9, 8, 4)
+    keras_conv, fast = _layer_pair(kernel, 1, "same", cout, "channels_last", shape)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=shape).astype("float32"))
+    tangent = jnp.asarray(rng.normal(size=shape).astype("float32"))
+    kernel_value = fast.kernel.value
+    _, got = jax.jvp(lambda v: fast.convolution_op(v, kernel_value), (x,), (tangent,))
+    _, expected = jax.jvp(lambda v: keras_conv.convolution_op(v, kernel_value), (x,), (tangent,))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    per_image = jax.vmap(lambda v: fast.convolution_op(v[None], kernel_value)[0])(x)
+    np.testing.assert_allclose(
+        np.asarray(per_image), np.asarray(keras_conv(x)), rtol=1e-5, atol=1e-5
+    )
