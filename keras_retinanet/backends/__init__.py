@@ -22,13 +22,27 @@ def is_concrete_tensor(x):
     return True if module is None else module.is_concrete_tensor(x)
 
 
+def plain_conv2d_layers(model):
+    """``model``'s built ``Conv2D`` layers (recursively) that use Keras' own convolution: not
+    a subclass with its own ``convolution_op``, not LoRA-wrapped (a kernel computed per call).
+    The per-backend fast paths apply only to these."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if (
+            isinstance(layer, keras.layers.Conv2D)
+            and type(layer).convolution_op is keras.layers.Conv2D.convolution_op
+            and isinstance(getattr(layer, "kernel", None), keras.Variable)
+            and len(layer.kernel.shape) == 4
+        ):
+            yield layer
+
+
 def prepare_convolutions(model):
     """Makes ``model``'s plain ``Conv2D`` layers run fast on the active backend, with the same
     outputs and weights. Returns the number of layers changed.
 
     * PyTorch: kernels stored in the order torch's convolution reads
       (``backends._torch.store_kernels_for_torch``), so no kernel is copied per call.
-    * JAX: 1x1 convolutions as matrix products and sliced kernel gradients
+    * JAX: 1x1 convolutions as matrix products, wide ones in channel slices on CPU
       (``backends._jax.use_fast_convolutions``), which XLA:CPU trains much faster.
     * TensorFlow: nothing.
     """

@@ -26,7 +26,6 @@ autodiff, ``jit`` and ``vmap`` all apply as to any JAX function.
 
 import jax
 import jax.numpy as jnp
-import keras
 
 #: Output channels per slice of a wide convolution on CPU (see the module docstring).
 CPU_OUTPUT_SLICE = 256
@@ -99,15 +98,10 @@ class _FastConvolution:
 
 def _eligible(layer):
     return (
-        isinstance(layer, keras.layers.Conv2D)
-        # A subclass with its own convolution keeps it.
-        and type(layer).convolution_op is keras.layers.Conv2D.convolution_op
         # Not given another convolution on the instance (ours may be replaced again).
-        and isinstance(vars(layer).get("convolution_op"), _FastConvolution | None)
+        isinstance(vars(layer).get("convolution_op"), _FastConvolution | None)
         and tuple(layer.dilation_rate) == (1, 1)
         and int(getattr(layer, "groups", 1)) == 1
-        and isinstance(getattr(layer, "kernel", None), keras.Variable)
-        and len(layer.kernel.shape) == 4
     )
 
 
@@ -121,7 +115,9 @@ def use_fast_convolutions(model):
         The number of layers changed.
     """
     count = 0
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    from keras_retinanet.backends import plain_conv2d_layers
+
+    for layer in plain_conv2d_layers(model):
         if _eligible(layer):
             # An instance attribute: Keras' Conv2D.call calls self.convolution_op.
             object.__setattr__(layer, "convolution_op", _FastConvolution(layer))

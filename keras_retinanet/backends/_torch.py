@@ -19,7 +19,6 @@ variables in place (``copy_``), loaded weights and optimizer updates keep the la
 are bit-identical: the convolution receives the same values, only without the copy.
 """
 
-import keras
 import torch
 
 
@@ -31,16 +30,9 @@ def is_concrete_tensor(x):
 
 
 def _conv2d_layers(model):
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if (
-            isinstance(layer, keras.layers.Conv2D)
-            # A subclass with its own convolution may read the kernel in another order.
-            and type(layer).convolution_op is keras.layers.Conv2D.convolution_op
-            # Not built yet, or a LoRA-wrapped kernel (a tensor computed on every call).
-            and isinstance(getattr(layer, "kernel", None), keras.Variable)
-            and len(layer.kernel.shape) == 4
-        ):
-            yield layer
+    from keras_retinanet.backends import plain_conv2d_layers
+
+    return plain_conv2d_layers(model)
 
 
 def store_kernels_for_torch(model):
