@@ -12,12 +12,17 @@ reported figure is the median. Measured per configuration:
 * ``first call``: the first forward call of the process (tracing and compilation included).
 * ``peak RSS``: the worker's peak resident memory.
 
+Every worker, peers included, first calls :func:`keras_retinanet.keep_freed_memory` (glibc
+keeps freed blocks for reuse instead of returning them to the kernel each step), the setting
+``python -m keras_retinanet train`` uses; ``--malloc default`` times glibc's defaults instead.
+
 Modes: TensorFlow graph (``tf.function``) and XLA (``jit_compile=True``), JAX ``jax.jit``,
 PyTorch eager and ``torch.compile``; layouts channels_last and channels_first where the backend
 runs them (TensorFlow's CPU convolutions are NHWC only outside XLA). Peers, when installed:
 KerasHub's RetinaNet and torchvision's ``retinanet_resnet50_fpn`` (random weights).
 
-Usage: ``python benchmarks/model.py [--quick] [--size N] [--only SUBSTRING ...]``; results go to
+Usage: ``python benchmarks/model.py [--quick] [--size N] [--only SUBSTRING ...]
+[--malloc keep|default]``; results go to
 ``$BENCHMARK_OUTPUT_DIR`` (default ``benchmarks/results``) as ``model.json``, ``model.md`` and
 ``model.png``.
 """
@@ -205,6 +210,11 @@ def worker(spec):
     size = spec["size"]
     sys.path.insert(0, HERE)
     sys.path.insert(0, ROOT)
+    if spec.get("malloc", "keep") == "keep":
+        # Before the framework's first operation: threads that have allocated keep their arena.
+        from keras_retinanet.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
     reply = {}
     start = time.perf_counter()
     try:
@@ -261,10 +271,10 @@ def worker(spec):
 
 
 class Worker:
-    def __init__(self, config, size):
+    def __init__(self, config, size, malloc="keep"):
         self.config = config
         env = dict(os.environ, KERAS_BACKEND=config[1], TF_CPP_MIN_LOG_LEVEL="2")
-        spec = json.dumps({"config": config, "size": size})
+        spec = json.dumps({"config": config, "size": size, "malloc": malloc})
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", spec],
             stdin=subprocess.PIPE,
@@ -304,7 +314,7 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def run_group(configs, size, repeats, need_first=False):
+def run_group(configs, size, repeats, need_first=False, malloc="keep"):
     """Starts one worker per configuration, then times each measure round-robin ``repeats``
     times (after one untimed warm-up round, which also triggers each function's compile).
     With ``need_first``, returns at once (only the first row) when the first configuration
@@ -313,7 +323,7 @@ def run_group(configs, size, repeats, need_first=False):
     workers = []
     for index, config in enumerate(configs):
         print(f"starting {config[0]} ...", file=sys.stderr, flush=True)
-        worker_ = Worker(config, size)
+        worker_ = Worker(config, size, malloc)
         if "unavailable" in worker_.ready:
             print(f"  unavailable: {worker_.ready['unavailable']}", file=sys.stderr)
             results.append({"config": config[0], "unavailable": worker_.ready["unavailable"]})
@@ -360,7 +370,7 @@ def run_group(configs, size, repeats, need_first=False):
     return results
 
 
-def run(configs, size, repeats, reference, max_workers):
+def run(configs, size, repeats, reference, max_workers, malloc="keep"):
     """Runs the configurations in groups of at most ``max_workers`` resident workers (memory:
     each holds a ResNet50 and its compiled programs), every group with the ``reference``
     configuration in it, so each ratio compares two configurations timed interleaved.
@@ -373,7 +383,9 @@ def run(configs, size, repeats, reference, max_workers):
     step = max(1, max_workers - len(ref))
     results = []
     for start in range(0, max(len(others), 1), step):
-        group = run_group(ref + others[start : start + step], size, repeats, need_first=True)
+        group = run_group(
+            ref + others[start : start + step], size, repeats, need_first=True, malloc=malloc
+        )
         ref_row = next((r for r in group if r["config"] == reference), None)
         if start == 0 and "unavailable" in group[0] and reference != FALLBACK_REFERENCE:
             print(
@@ -381,7 +393,7 @@ def run(configs, size, repeats, reference, max_workers):
                 file=sys.stderr,
                 flush=True,
             )
-            rows, used = run(others, size, repeats, FALLBACK_REFERENCE, max_workers)
+            rows, used = run(others, size, repeats, FALLBACK_REFERENCE, max_workers, malloc)
             return group + rows, used
         for row in group:
             if row["config"] == reference and any(r["config"] == reference for r in results):
@@ -397,12 +409,20 @@ def _fmt(value, digits=2):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(results, size, repeats, reference):
+#: How each ``--malloc`` choice reads in the table's heading.
+MALLOC_NOTES = {
+    "keep": "every worker calls `keep_freed_memory()` (glibc keeps freed blocks for reuse)",
+    "default": "glibc's default malloc settings",
+}
+
+
+def markdown(results, size, repeats, reference, malloc="keep"):
     """The results table plus the target ratios of the benchmark issue."""
     ok = [r for r in results if "unavailable" not in r]
     lines = [
         f"RetinaNet ResNet50, {NUM_CLASSES} classes, {size}x{size}; median of {repeats} "
-        f"interleaved repeats; {platform.machine()}, {os.cpu_count()} CPUs.",
+        f"interleaved repeats; {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{MALLOC_NOTES[malloc]}.",
         "",
         "| configuration | forward b1 s | forward b8 s | predict b1 s | predict / forward | "
         "train b2 img/s | first call s | peak RSS MiB |",
@@ -538,6 +558,13 @@ def main(argv=None):
     )
     parser.add_argument("--max-workers", type=int, default=4, help="resident workers (memory)")
     parser.add_argument(
+        "--malloc",
+        choices=sorted(MALLOC_NOTES),
+        default="keep",
+        help="keep: every worker calls keras_retinanet.keep_freed_memory() first (default); "
+        "default: glibc's own settings",
+    )
+    parser.add_argument(
         "--render",
         action="store_true",
         help="only rewrite model.md and model.png from an existing model.json",
@@ -550,24 +577,37 @@ def main(argv=None):
     if args.render:
         with open(os.path.join(out, "model.json")) as f:
             saved = json.load(f)
-        return _write(out, saved["results"], saved["size"], saved["repeats"], saved["reference"])
+        return _write(
+            out,
+            saved["results"],
+            saved["size"],
+            saved["repeats"],
+            saved["reference"],
+            saved.get("malloc", "default"),
+        )
     size = args.size or (128 if args.quick else 512)
     repeats = args.repeats or (1 if args.quick else 3)
     configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only)]
     if not any(c[0] == args.reference for c in CONFIGS):
         parser.error(f"--reference must name a configuration, got {args.reference!r}")
-    results, reference = run(configs, size, repeats, args.reference, args.max_workers)
-    return _write(out, results, size, repeats, reference)
+    results, reference = run(configs, size, repeats, args.reference, args.max_workers, args.malloc)
+    return _write(out, results, size, repeats, reference, args.malloc)
 
 
-def _write(out, results, size, repeats, reference):
+def _write(out, results, size, repeats, reference, malloc):
     """Prints the table and writes ``model.json``, ``model.md`` and ``model.png`` to ``out``."""
-    table = markdown(results, size, repeats, reference)
+    table = markdown(results, size, repeats, reference, malloc)
     print(table)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump(
-            {"size": size, "repeats": repeats, "reference": reference, "results": results},
+            {
+                "size": size,
+                "repeats": repeats,
+                "reference": reference,
+                "malloc": malloc,
+                "results": results,
+            },
             f,
             indent=2,
         )

@@ -13,6 +13,7 @@ from keras_retinanet.backbone import (
 )
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.boxes import center_to_corners, corners_to_center, pairwise_iou
+from keras_retinanet.cpu_memory import keep_freed_memory
 from keras_retinanet.decoder import DecodePredictions, RetinaNetDetector
 from keras_retinanet.fpn import FeaturePyramid
 from keras_retinanet.heads import PredictionHead, prior_bias
@@ -36,6 +37,7 @@ __all__ = [
     "compact_backbone",
     "corners_to_center",
     "get_backbone",
+    "keep_freed_memory",
     "pairwise_iou",
     "prior_bias",
     "register_backbone",

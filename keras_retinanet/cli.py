@@ -9,6 +9,9 @@ with exit status 2 and a one-line ``keras-retinanet: error: ...`` message, like 
 ``--output`` folder unless ``--overwrite`` is given; the demo's default folder
 (:data:`DEMO_OUTPUT`, used when ``--output`` is left out) is its own scratch space and is
 reused by every run.
+
+``train`` and ``demo`` first call :func:`keras_retinanet.cpu_memory.keep_freed_memory`, so a
+long training run reuses its freed memory instead of faulting it in again every step.
 """
 
 import argparse
@@ -16,6 +19,8 @@ import json
 import os
 import sys
 import time
+
+from keras_retinanet.cpu_memory import keep_freed_memory
 
 #: Settings the demo uses (and ``train`` defaults to): a compact backbone and anchors one
 #: octave smaller than the paper's, sized for 128 x 128 images whose objects are 10-64 px.
@@ -520,6 +525,12 @@ def build_parser():
     return parser
 
 
+#: Commands that train, and so free and reallocate their activations every step.
+TRAINING_COMMANDS = ("train", "demo")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command in TRAINING_COMMANDS:
+        keep_freed_memory()
     return args.func(args) or 0

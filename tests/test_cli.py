@@ -5,7 +5,16 @@ import os
 
 import pytest
 
+from keras_retinanet import cli
 from keras_retinanet.cli import main
+
+
+@pytest.fixture(autouse=True)
+def memory_calls(monkeypatch):
+    """Records ``keep_freed_memory`` calls instead of changing the test process's malloc."""
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True) or True)
+    return calls
 
 
 def test_demo_then_evaluate_then_predict(tmp_path, capsys):
@@ -197,3 +206,11 @@ def test_demo_reuses_its_default_output_but_not_a_named_one(tmp_path, monkeypatc
     assert exc.value.code == 2
     _one_line_error(capsys, "--overwrite")
     assert main([*argv, "--output", cli.DEMO_OUTPUT, "--overwrite"]) == 0
+
+
+def test_training_commands_keep_freed_memory_and_others_do_not(tmp_path, memory_calls):
+    with pytest.raises(SystemExit):  # fails on the missing file, after the memory setting
+        main(["train", "--train-annotations", str(tmp_path / "no.json"), "--train-images", "x"])
+    assert memory_calls == [True]
+    assert main(["shapes", "--output", str(tmp_path / "s"), "--num-train", "1"]) == 0
+    assert memory_calls == [True]
