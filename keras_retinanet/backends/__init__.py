@@ -41,14 +41,18 @@ def prepare_convolutions(model):
     outputs and weights. Returns the number of layers changed.
 
     * PyTorch: kernels stored in the order torch's convolution reads
-      (``backends._torch.store_kernels_for_torch``), so no kernel is copied per call.
+      (``backends._torch.store_kernels_for_torch``), so no kernel is copied per call, and
+      channels_last layers convolve their input in place instead of copying it twice
+      (``backends._torch.use_channels_last_convolutions``).
     * JAX: 1x1 convolutions as matrix products, wide ones in channel slices on CPU
       (``backends._jax.use_fast_convolutions``), which XLA:CPU trains much faster.
     * TensorFlow: nothing.
     """
     backend = keras.backend.backend()
     if backend == "torch":
-        return _backend_module().store_kernels_for_torch(model)
+        module = _backend_module()
+        module.use_channels_last_convolutions(model)  # a subset of the layers re-laid below
+        return module.store_kernels_for_torch(model)
     if backend == "jax":
         return _backend_module().use_fast_convolutions(model)
     return 0

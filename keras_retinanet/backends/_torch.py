@@ -17,9 +17,21 @@ already contiguous. The variable keeps its HWIO shape, values and dtype, so savi
 the optimizers and other backends see no difference, and because Keras assigns torch
 variables in place (``copy_``), loaded weights and optimizer updates keep the layout. Outputs
 are bit-identical: the convolution receives the same values, only without the copy.
+
+``use_channels_last_convolutions`` gives each plain channels_last ``Conv2D`` a convolution
+without Keras' two input copies. For channels_last, Keras' torch backend permutes the
+``[N, H, W, C]`` input to ``[N, C, H, W]`` and makes it contiguous (one copy), then converts
+it to channels_last memory format for oneDNN (a second copy, back to the original order). But
+the permuted view of a contiguous ``[N, H, W, C]`` tensor already *is* an ``[N, C, H, W]``
+tensor in channels_last memory format, which torch's convolution takes as it is. Skipping both
+copies took RetinaNet's batch-1 forward at 512x512 from about 0.98 s to about 0.8 s on a 2-core
+CPU. The convolution is the same call on the same values in the same memory order, so outputs
+are bit-identical to Keras' path.
 """
 
+import keras
 import torch
+import torch.nn.functional as F
 
 
 def is_concrete_tensor(x):
@@ -66,3 +78,64 @@ def kernel_is_torch_ordered(layer):
     if layer.data_format == "channels_first":
         return parameter.permute(3, 2, 0, 1).is_contiguous()
     return parameter.permute(3, 0, 1, 2).is_contiguous()
+
+
+def _same_padding(length, kernel, stride):
+    """``(before, after)`` padding of Keras/TensorFlow ``padding="same"`` along one axis:
+    ``ceil(length / stride)`` outputs, the odd pixel of an uneven total at the end."""
+    outputs = -(-length // stride)
+    total = max(0, (outputs - 1) * stride + kernel - length)
+    return total // 2, total - total // 2
+
+
+class _ChannelsLastConvolution:
+    """Replacement ``convolution_op`` of one channels_last ``Conv2D`` (see the module
+    docstring): ``[N, H, W, in] x [kh, kw, in, out] -> [N, H', W', out]``."""
+
+    def __init__(self, layer):
+        self.strides = tuple(int(s) for s in layer.strides)
+        self.kernel_size = tuple(int(k) for k in layer.kernel_size)
+        self.same = layer.padding == "same"
+
+    def __call__(self, inputs, kernel):
+        kernel = keras.ops.convert_to_tensor(kernel)
+        inputs = keras.ops.convert_to_tensor(inputs)
+        padding = (0, 0)
+        if self.same:
+            (top, bottom), (left, right) = (
+                _same_padding(inputs.shape[axis], k, s)
+                for axis, k, s in zip((1, 2), self.kernel_size, self.strides, strict=True)
+            )
+            if top == bottom and left == right:
+                padding = (top, left)
+            else:  # uneven: pad [N, H, W, C] explicitly (F.pad lists the last axis first)
+                inputs = F.pad(inputs, (0, 0, left, right, top, bottom))
+        outputs = F.conv2d(
+            inputs.permute(0, 3, 1, 2),  # [N, C, H, W] view in channels_last memory format
+            kernel.permute(3, 2, 0, 1),  # [out, in, kh, kw] view (stored OHWI, see above)
+            stride=self.strides,
+            padding=padding,
+        )
+        return outputs.permute(0, 2, 3, 1)  # [N, H', W', out], contiguous
+
+
+def use_channels_last_convolutions(model):
+    """Gives every plain channels_last ``Conv2D`` in ``model`` (recursively) the convolution
+    above. Channels_first layers, dilated or grouped convolutions, subclasses with their own
+    ``convolution_op`` and LoRA-wrapped kernels keep Keras' convolution.
+
+    Returns:
+        The number of layers changed.
+    """
+    count = 0
+    for layer in _conv2d_layers(model):
+        if (
+            layer.data_format == "channels_last"
+            and isinstance(vars(layer).get("convolution_op"), _ChannelsLastConvolution | None)
+            and tuple(layer.dilation_rate) == (1, 1)
+            and int(getattr(layer, "groups", 1)) == 1
+        ):
+            # An instance attribute: Keras' Conv2D.call calls self.convolution_op.
+            object.__setattr__(layer, "convolution_op", _ChannelsLastConvolution(layer))
+            count += 1
+    return count
