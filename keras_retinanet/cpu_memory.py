@@ -13,8 +13,9 @@ The next step then touches all of that memory afresh: about 480 000 minor page f
 0.9-1.4 s of system time per step on a 2-core machine, on every backend (XLA:CPU, PyTorch and
 TensorFlow all take their buffers from ``malloc``). :func:`keep_freed_memory` turns that off:
 one arena, no ``mmap`` for large blocks, no trimming. The page faults of a steady training
-loop drop to about zero. Measured on that 2-core machine: a JAX train step alone went from
-5.2 s to 4.6-4.8 s; timed interleaved with three other resident workers (as
+loop drop to about zero. Measured on that 2-core machine, one process at a time: a JAX train
+step went from 5.2 s to 4.6-4.8 s and torchvision's from 4.5-4.8 s to 4.2-4.5 s (system time
+0.3-0.5 s -> under 0.1 s); timed interleaved with three other resident workers (as
 ``benchmarks/model.py`` does), the JAX step went from 7.4 s to 5.5 s and torchvision's from
 6.2 s to 4.8 s. The price: the process keeps its peak heap until it exits (the peak itself
 does not grow), and all threads share one arena's lock, which did not cost time here.
