@@ -36,6 +36,29 @@ def plain_conv2d_layers(model):
             yield layer
 
 
+def set_convolution_ops(model, op_class, accept=None):
+    """Gives ``model``'s plain ``Conv2D`` layers (see :func:`plain_conv2d_layers`) that are
+    undilated and ungrouped, and that ``accept(layer)`` admits, an instance ``convolution_op``
+    of ``op_class(layer)``; Keras' ``Conv2D.call`` calls ``self.convolution_op``. A layer whose
+    instance already holds another replacement keeps it; one holding an ``op_class`` gets a
+    fresh one, so calling this again changes nothing further.
+
+    Returns:
+        The number of layers given an ``op_class``.
+    """
+    count = 0
+    for layer in plain_conv2d_layers(model):
+        if (
+            isinstance(vars(layer).get("convolution_op"), op_class | None)
+            and tuple(layer.dilation_rate) == (1, 1)
+            and int(getattr(layer, "groups", 1)) == 1
+            and (accept is None or accept(layer))
+        ):
+            object.__setattr__(layer, "convolution_op", op_class(layer))
+            count += 1
+    return count
+
+
 def prepare_convolutions(model):
     """Makes ``model``'s plain ``Conv2D`` layers run fast on the active backend, with the same
     outputs and weights. Returns the number of layers changed.

@@ -96,15 +96,6 @@ class _FastConvolution:
         return _spatial(inputs, kernel, self.strides, self.padding, self.data_format)
 
 
-def _eligible(layer):
-    return (
-        # Not given another convolution on the instance (ours may be replaced again).
-        isinstance(vars(layer).get("convolution_op"), _FastConvolution | None)
-        and tuple(layer.dilation_rate) == (1, 1)
-        and int(getattr(layer, "groups", 1)) == 1
-    )
-
-
 def use_fast_convolutions(model):
     """Gives every plain, built ``Conv2D`` in ``model`` (recursively) the convolution above.
 
@@ -114,12 +105,6 @@ def use_fast_convolutions(model):
     Returns:
         The number of layers changed.
     """
-    count = 0
-    from keras_retinanet.backends import plain_conv2d_layers
+    from keras_retinanet.backends import set_convolution_ops
 
-    for layer in plain_conv2d_layers(model):
-        if _eligible(layer):
-            # An instance attribute: Keras' Conv2D.call calls self.convolution_op.
-            object.__setattr__(layer, "convolution_op", _FastConvolution(layer))
-            count += 1
-    return count
+    return set_convolution_ops(model, _FastConvolution)

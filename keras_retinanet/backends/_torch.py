@@ -127,15 +127,8 @@ def use_channels_last_convolutions(model):
     Returns:
         The number of layers changed.
     """
-    count = 0
-    for layer in _conv2d_layers(model):
-        if (
-            layer.data_format == "channels_last"
-            and isinstance(vars(layer).get("convolution_op"), _ChannelsLastConvolution | None)
-            and tuple(layer.dilation_rate) == (1, 1)
-            and int(getattr(layer, "groups", 1)) == 1
-        ):
-            # An instance attribute: Keras' Conv2D.call calls self.convolution_op.
-            object.__setattr__(layer, "convolution_op", _ChannelsLastConvolution(layer))
-            count += 1
-    return count
+    from keras_retinanet.backends import set_convolution_ops
+
+    return set_convolution_ops(
+        model, _ChannelsLastConvolution, lambda layer: layer.data_format == "channels_last"
+    )
