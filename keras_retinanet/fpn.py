@@ -3,6 +3,7 @@
 import keras
 from keras import layers, ops
 
+from keras_retinanet.graph_runner import call_layer
 from keras_retinanet.layout import spatial_axes, standardize_data_format
 
 
@@ -84,16 +85,23 @@ class FeaturePyramid(layers.Layer):
         self.conv_c7_3x3.build(out_shape(c5_shape))
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         c3, c4, c5 = inputs
-        p5 = self.conv_c5_1x1(c5)
-        p4 = self.conv_c4_1x1(c4)
+        conv = lambda layer, x: call_layer(layer, x, training=training)  # noqa: E731
+        p5 = conv(self.conv_c5_1x1, c5)
+        p4 = conv(self.conv_c4_1x1, c4)
         p4 = p4 + _upsample_like(p5, p4, self.data_format)
-        p3 = self.conv_c3_1x1(c3)
+        p3 = conv(self.conv_c3_1x1, c3)
         p3 = p3 + _upsample_like(p4, p3, self.data_format)  # uses the already merged P4
-        p6 = self.conv_c6_3x3(c5)
-        p7 = self.conv_c7_3x3(ops.relu(p6))
-        return [self.conv_c3_3x3(p3), self.conv_c4_3x3(p4), self.conv_c5_3x3(p5), p6, p7]
+        p6 = conv(self.conv_c6_3x3, c5)
+        p7 = conv(self.conv_c7_3x3, ops.relu(p6))
+        return [
+            conv(self.conv_c3_3x3, p3),
+            conv(self.conv_c4_3x3, p4),
+            conv(self.conv_c5_3x3, p5),
+            p6,
+            p7,
+        ]
 
     def _with_channels(self, shape, channels):
         shape = list(shape)

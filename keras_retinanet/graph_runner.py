@@ -17,12 +17,40 @@ accepts it, so outputs are identical. It needs the functional graph's node struc
 Keras does not expose publicly (``_nodes_by_depth``, ``Node.arguments``): when a model does
 not have it (a subclassed backbone, or a Keras version that changed it), ``call_releasing``
 falls back to ``model(inputs, training=training)``.
+
+**Eager inference calls layers directly.** ``Layer.__call__`` costs tens of microseconds per
+layer in eager execution (input conversion and casting, call contexts, name scopes, masks and,
+on PyTorch, ``nn.Module`` hooks). With ``training=False`` and concrete (eager, untraced)
+inputs, the runner calls ``layer.call`` directly for the Keras layers listed in
+``DIRECT_CALL_TYPES`` (exactly those types, not subclasses) when the layer is built,
+unquantized, with a dtype policy whose compute and variable dtypes agree, and every input
+already has the layer's compute dtype: then ``__call__`` adds nothing to the arithmetic, so
+outputs are bit-identical. Where the backend has one (PyTorch: ``Conv2D``,
+``BatchNormalization``, ``Activation("relu")``), ``backends.inference_function`` replaces
+``layer.call`` by the same operations written without ``keras.ops``' per-op dispatch.
+:func:`call_layer` offers the same for the single layers that ``FeaturePyramid`` and
+``PredictionHead`` call.
 """
 
 import inspect
 import weakref
 
 import keras
+
+from keras_retinanet.backends import inference_function, is_concrete_tensor
+
+#: Layer types whose ``call`` needs nothing from ``Layer.__call__`` in eager inference: their
+#: inference arithmetic reads only their variables and inputs.
+DIRECT_CALL_TYPES = (
+    keras.layers.Activation,
+    keras.layers.Add,
+    keras.layers.BatchNormalization,
+    keras.layers.Conv2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.ReLU,
+    keras.layers.Rescaling,
+    keras.layers.ZeroPadding2D,
+)
 
 #: ``model -> _Plan`` (or ``None`` when the model cannot be run node by node).
 _PLANS = weakref.WeakKeyDictionary()
@@ -58,11 +86,73 @@ class _Plan:
             node.arguments.fill_in  # noqa: B018
 
 
+def _direct_function(operation):
+    """``(compute_dtype, function)``: ``function`` may replace ``operation(...)`` in eager
+    inference when every input has ``compute_dtype`` (see the module docstring); ``None`` when
+    ``operation`` must go through ``Layer.__call__``."""
+    if type(operation) not in DIRECT_CALL_TYPES or not operation.built:
+        return None
+    if getattr(operation, "quantization_mode", None) is not None:
+        return None
+    policy = operation.dtype_policy
+    if policy.compute_dtype != policy.variable_dtype:
+        return None  # mixed precision: __call__'s autocast scope casts the variables
+    function = inference_function(operation) or operation.call
+    return policy.compute_dtype, function
+
+
+#: ``backend dtype -> standardized name`` (``keras.backend.standardize_dtype`` is slow).
+_DTYPE_NAMES = {}
+
+
+def _all_have_dtype(values, dtype):
+    """Whether ``values`` (a tensor, or a list or tuple of them) all have ``dtype``; False for
+    anything else, which ``__call__`` would convert first."""
+    if isinstance(values, list | tuple):
+        return all(_all_have_dtype(value, dtype) for value in values)
+    backend_dtype = getattr(values, "dtype", None)
+    if backend_dtype is None:
+        return False
+    name = _DTYPE_NAMES.get(backend_dtype)
+    if name is None:
+        name = _DTYPE_NAMES[backend_dtype] = keras.backend.standardize_dtype(backend_dtype)
+    return name == dtype
+
+
+def _eager_inference(flat_inputs, training):
+    """``training=False`` and every input an eager backend tensor (arrays of other libraries
+    go through ``__call__``, which converts them)."""
+    return training is False and all(
+        keras.ops.is_tensor(x) and is_concrete_tensor(x) for x in flat_inputs
+    )
+
+
 def _takes_training(operation):
+    known = getattr(operation, "_call_has_training_arg", None)  # Keras records it at init
+    if isinstance(known, bool):
+        return known
     try:
         return "training" in inspect.signature(operation.call).parameters
     except (TypeError, ValueError):
         return False
+
+
+def call_layer(layer, inputs, *, training=None):
+    """``layer(inputs, training=...)``, or its direct equivalent when that is the same thing:
+    eager inference (``training=False``, concrete inputs) of a layer the module docstring
+    admits. ``inputs`` is one tensor.
+
+    Why: a head's or pyramid's convolutions run through ``Layer.__call__`` dozens of times per
+    image; in eager PyTorch that bookkeeping alone is several per cent of a batch-1 forward.
+    """
+    takes_training = _takes_training(layer)
+    if _eager_inference([inputs], training):
+        direct = _direct_function(layer)
+        if direct is not None and _all_have_dtype(inputs, direct[0]):
+            return direct[1](inputs, **({"training": False} if takes_training else {}))
+    if training is not None and takes_training:
+        return layer(inputs, training=training)
+    return layer(inputs)
 
 
 def _plan_for(model):
@@ -95,6 +185,7 @@ def call_releasing(model, inputs, training=None):
     symbolic = any(isinstance(x, keras.KerasTensor) for x in flat)
     if plan is None or symbolic or len(flat) != len(plan.input_ids):
         return model(inputs, training=training)
+    eager_inference = _eager_inference(flat, training)
     tensors = dict(zip(plan.input_ids, flat, strict=True))
     for node, release, takes_training in zip(
         plan.nodes, plan.release, plan.takes_training, strict=True
@@ -102,9 +193,16 @@ def call_releasing(model, inputs, training=None):
         args, kwargs = node.arguments.fill_in(tensors)
         if takes_training and training is not None:
             kwargs["training"] = training
-        outputs = node.operation(*args, **kwargs)
-        for reference, value in zip(node.outputs, keras.tree.flatten(outputs), strict=True):
-            tensors[id(reference)] = value
+        direct = _direct_function(node.operation) if eager_inference else None
+        if direct is not None and _all_have_dtype(args, direct[0]):
+            outputs = direct[1](*args, **kwargs)  # bit-identical, see above
+        else:
+            outputs = node.operation(*args, **kwargs)
+        if len(node.outputs) == 1 and not isinstance(outputs, list | tuple | dict):
+            tensors[id(node.outputs[0])] = outputs
+        else:
+            for reference, value in zip(node.outputs, keras.tree.flatten(outputs), strict=True):
+                tensors[id(reference)] = value
         for tensor_id in release:
             tensors.pop(tensor_id, None)
     outputs = [tensors[tensor_id] for tensor_id in plan.output_ids]

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import layers
 
+from keras_retinanet.graph_runner import call_layer
 from keras_retinanet.layout import standardize_data_format
 
 
@@ -96,11 +97,11 @@ class PredictionHead(layers.Layer):
         self.output_conv.build(shape)
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x = inputs
         for conv in self.hidden:
-            x = keras.ops.relu(conv(x))
-        return self.output_conv(x)
+            x = keras.ops.relu(call_layer(conv, x, training=training))
+        return call_layer(self.output_conv, x, training=training)
 
     def _with_channels(self, shape, channels):
         shape = list(shape)

@@ -140,8 +140,9 @@ class RetinaNet(keras.Model):
         features = call_releasing(self.backbone, images, training=training)
         batch = ops.shape(images)[0]
         box_outputs, cls_outputs = [], []
-        for feature in self.fpn(features):
-            box, cls = self.box_head(feature), self.cls_head(feature)
+        for feature in self.fpn(features, training=training):
+            box = self.box_head(feature, training=training)
+            cls = self.cls_head(feature, training=training)
             if self.data_format == "channels_first":
                 # [N, k * 4, h, w] -> [N, h, w, k * 4]: anchors are ordered by location.
                 box = ops.transpose(box, (0, 2, 3, 1))

@@ -9,7 +9,7 @@ import pytest
 
 from keras_retinanet import RetinaNet
 from keras_retinanet.backbone import compact_backbone, resnet50_backbone
-from keras_retinanet.graph_runner import call_releasing
+from keras_retinanet.graph_runner import DIRECT_CALL_TYPES, call_releasing
 
 
 def _numpy(tree):
@@ -24,7 +24,8 @@ def test_outputs_equal_functional_call(factory, training):
     x = np.random.default_rng(0).normal(0, 50, (2, 64, 64, 3)).astype("float32")
     # training=True: BatchNormalization normalises with the batch's own moments.
     expected = _numpy(backbone(x, training=training))
-    got = _numpy(call_releasing(backbone, x, training=training))
+    # A backend tensor: with training=False the layers are called directly (see below).
+    got = _numpy(call_releasing(backbone, keras.ops.convert_to_tensor(x), training=training))
     assert len(got) == len(expected) == 3
     for g, e in zip(got, expected, strict=True):
         assert g.shape == e.shape
@@ -122,3 +123,63 @@ def test_retinanet_outputs_unchanged():
         axis=-1,
     )
     np.testing.assert_array_equal(got, expected)
+
+
+def _raise_if_called(self, *args, **kwargs):
+    raise AssertionError(f"Layer.__call__ of {self.name}")
+
+
+@pytest.mark.parametrize("factory", [compact_backbone, resnet50_backbone])
+def test_eager_inference_calls_layers_directly_with_identical_outputs(factory, monkeypatch):
+    keras.utils.set_random_seed(1)
+    backbone = factory(input_shape=(32, 32, 3))
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).normal(0, 50, (2, 32, 32, 3)).astype("float32")
+    )
+    expected = _numpy(backbone(x, training=False))
+    kinds = {type(layer) for layer in backbone.layers} - {keras.layers.InputLayer}
+    assert kinds <= set(DIRECT_CALL_TYPES)
+    for kind in kinds:
+        monkeypatch.setattr(kind, "__call__", _raise_if_called)
+    got = _numpy(call_releasing(backbone, x, training=False))
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    with pytest.raises(AssertionError, match="Layer.__call__"):
+        call_releasing(backbone, x, training=True)  # training goes through __call__
+    with pytest.raises(AssertionError, match="Layer.__call__"):
+        call_releasing(backbone, keras.ops.convert_to_numpy(x), training=False)
+
+
+def test_mixed_precision_and_other_dtypes_go_through_layer_call(monkeypatch):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    half = keras.layers.Conv2D(4, 3, dtype="mixed_float16", name="half")
+    full = keras.layers.Conv2D(4, 3, name="full")
+    model = keras.Model(inputs, full(half(inputs)))  # `full` receives float16 inputs
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(1, 8, 8, 3)), "float32")
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    calls = []
+    original_call = keras.layers.Conv2D.__call__
+
+    def recording(self, *args, **kwargs):
+        calls.append(self.name)
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Conv2D, "__call__", recording)
+    got = keras.ops.convert_to_numpy(call_releasing(model, x, training=False))
+    # `half` computes in float16 (autocast), `full` must cast its float16 input first.
+    assert calls == ["half", "full"]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_retinanet_direct_inference_matches_layer_calls(monkeypatch):
+    from keras_retinanet import graph_runner
+
+    keras.utils.set_random_seed(2)
+    model = RetinaNet(num_classes=3, backbone="compact")
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).normal(0, 50, (1, 64, 64, 3)).astype("float32")
+    )
+    direct = _numpy(model(x))[0]
+    monkeypatch.setattr(graph_runner, "_eager_inference", lambda inputs, training: False)
+    np.testing.assert_array_equal(direct, _numpy(model(x))[0])

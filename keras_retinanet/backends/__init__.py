@@ -59,14 +59,23 @@ def set_convolution_ops(model, op_class, accept=None):
     return count
 
 
+def inference_function(layer):
+    """A faster ``inputs -> outputs`` equivalent of ``layer.call`` for float32 eager inference
+    on the active backend, or ``None`` (see ``graph_runner``). Only PyTorch has one: its
+    ``keras.ops`` dispatch costs more than a small feature map's arithmetic."""
+    module = _backend_module()
+    function = getattr(module, "inference_function", None)
+    return None if function is None else function(layer)
+
+
 def prepare_convolutions(model):
     """Makes ``model``'s plain ``Conv2D`` layers run fast on the active backend, with the same
     outputs and weights. Returns the number of layers changed.
 
     * PyTorch: kernels stored in the order torch's convolution reads
       (``backends._torch.store_kernels_for_torch``), so no kernel is copied per call, and
-      channels_last layers convolve their input in place instead of copying it twice
-      (``backends._torch.use_channels_last_convolutions``).
+      the convolution runs on the input as it lies in memory (for channels_last, instead of
+      copying it twice; ``backends._torch.use_torch_convolutions``).
     * JAX: 1x1 convolutions as matrix products, wide ones in channel slices on CPU
       (``backends._jax.use_fast_convolutions``), which XLA:CPU trains much faster.
     * TensorFlow: nothing.
@@ -74,7 +83,7 @@ def prepare_convolutions(model):
     backend = keras.backend.backend()
     if backend == "torch":
         module = _backend_module()
-        module.use_channels_last_convolutions(model)  # a subset of the layers re-laid below
+        module.use_torch_convolutions(model)  # a subset of the layers re-laid below
         return module.store_kernels_for_torch(model)
     if backend == "jax":
         return _backend_module().use_fast_convolutions(model)

@@ -18,15 +18,22 @@ the optimizers and other backends see no difference, and because Keras assigns t
 variables in place (``copy_``), loaded weights and optimizer updates keep the layout. Outputs
 are bit-identical: the convolution receives the same values, only without the copy.
 
-``use_channels_last_convolutions`` gives each plain channels_last ``Conv2D`` a convolution
-without Keras' two input copies. For channels_last, Keras' torch backend permutes the
-``[N, H, W, C]`` input to ``[N, C, H, W]`` and makes it contiguous (one copy), then converts
-it to channels_last memory format for oneDNN (a second copy, back to the original order). But
-the permuted view of a contiguous ``[N, H, W, C]`` tensor already *is* an ``[N, C, H, W]``
-tensor in channels_last memory format, which torch's convolution takes as it is. Skipping both
-copies took RetinaNet's batch-1 forward at 512x512 from about 0.98 s to about 0.8 s on a 2-core
-CPU. The convolution is the same call on the same values in the same memory order, so outputs
-are bit-identical to Keras' path.
+``use_torch_convolutions`` gives each plain ``Conv2D`` a convolution that calls
+``F.conv2d`` on the layer's input as it lies in memory. For channels_last, Keras' torch backend
+permutes the ``[N, H, W, C]`` input to ``[N, C, H, W]`` and makes it contiguous (one copy),
+then converts it to channels_last memory format for oneDNN (a second copy, back to the
+original order). But the permuted view of a contiguous ``[N, H, W, C]`` tensor already *is* an
+``[N, C, H, W]`` tensor in channels_last memory format, which torch's convolution takes as it
+is. Skipping both copies took RetinaNet's batch-1 forward at 512x512 from about 0.98 s to about
+0.8 s on a 2-core CPU. For channels_first there is no copy to save, only Keras' per-call
+argument handling. Either way the convolution is the same call on the same values in the same
+memory order, so outputs are bit-identical to Keras' path.
+
+``inference_function`` returns, for the layers whose eager inference
+``graph_runner.call_layer`` runs without ``Layer.__call__``, the same arithmetic written with
+torch directly: Keras' ``Conv2D.call`` and ``BatchNormalization.call`` go through ``keras.ops``,
+whose per-op dispatch (symbolic-tensor checks over ``torch.utils._pytree``, casts, reshapes)
+costs more Python time than the arithmetic of a small feature map.
 """
 
 import keras
@@ -88,47 +95,116 @@ def _same_padding(length, kernel, stride):
     return total // 2, total - total // 2
 
 
-class _ChannelsLastConvolution:
-    """Replacement ``convolution_op`` of one channels_last ``Conv2D`` (see the module
-    docstring): ``[N, H, W, in] x [kh, kw, in, out] -> [N, H', W', out]``."""
+class _Convolution:
+    """Replacement ``convolution_op`` of one ``Conv2D`` (see the module docstring):
+    ``[N, H, W, in] x [kh, kw, in, out] -> [N, H', W', out]`` (channels_last) or
+    ``[N, in, H, W] x [kh, kw, in, out] -> [N, out, H', W']`` (channels_first)."""
 
     def __init__(self, layer):
         self.strides = tuple(int(s) for s in layer.strides)
         self.kernel_size = tuple(int(k) for k in layer.kernel_size)
         self.same = layer.padding == "same"
+        self.channels_last = layer.data_format == "channels_last"
 
     def __call__(self, inputs, kernel):
-        kernel = keras.ops.convert_to_tensor(kernel)
-        inputs = keras.ops.convert_to_tensor(inputs)
+        if not isinstance(kernel, torch.Tensor):
+            kernel = keras.ops.convert_to_tensor(kernel)
+        if not isinstance(inputs, torch.Tensor):
+            inputs = keras.ops.convert_to_tensor(inputs)
+        spatial = (1, 2) if self.channels_last else (2, 3)
         padding = (0, 0)
         if self.same:
             (top, bottom), (left, right) = (
                 _same_padding(inputs.shape[axis], k, s)
-                for axis, k, s in zip((1, 2), self.kernel_size, self.strides, strict=True)
+                for axis, k, s in zip(spatial, self.kernel_size, self.strides, strict=True)
             )
             if top == bottom and left == right:
                 padding = (top, left)
-            else:  # uneven: pad [N, H, W, C] explicitly (F.pad lists the last axis first)
+            elif self.channels_last:  # uneven: pad explicitly (F.pad lists the last axis first)
                 inputs = F.pad(inputs, (0, 0, left, right, top, bottom))
+            else:
+                inputs = F.pad(inputs, (left, right, top, bottom))
+        if self.channels_last:
+            # [N, C, H, W] view in channels_last memory format
+            inputs = inputs.permute(0, 3, 1, 2)
         outputs = F.conv2d(
-            inputs.permute(0, 3, 1, 2),  # [N, C, H, W] view in channels_last memory format
-            kernel.permute(3, 2, 0, 1),  # [out, in, kh, kw] view (stored OHWI, see above)
+            inputs,
+            kernel.permute(3, 2, 0, 1),  # [out, in, kh, kw] view of the stored kernel
             stride=self.strides,
             padding=padding,
         )
-        return outputs.permute(0, 2, 3, 1)  # [N, H', W', out], contiguous
+        if self.channels_last:
+            return outputs.permute(0, 2, 3, 1)  # [N, H', W', out], contiguous
+        return outputs
 
 
-def use_channels_last_convolutions(model):
-    """Gives every plain channels_last ``Conv2D`` in ``model`` (recursively) the convolution
-    above. Channels_first layers, dilated or grouped convolutions, subclasses with their own
-    ``convolution_op`` and LoRA-wrapped kernels keep Keras' convolution.
+def use_torch_convolutions(model):
+    """Gives every plain ``Conv2D`` in ``model`` (recursively) the convolution above. Dilated
+    or grouped convolutions, subclasses with their own ``convolution_op`` and LoRA-wrapped
+    kernels keep Keras' convolution.
 
     Returns:
         The number of layers changed.
     """
     from keras_retinanet.backends import set_convolution_ops
 
-    return set_convolution_ops(
-        model, _ChannelsLastConvolution, lambda layer: layer.data_format == "channels_last"
-    )
+    return set_convolution_ops(model, _Convolution)
+
+
+def _bias_shape(layer):
+    return (1, 1, 1, -1) if layer.data_format == "channels_last" else (1, -1, 1, 1)
+
+
+def _conv2d_inference(layer):
+    """Keras' ``Conv2D.call``: convolution, bias added (in place: the convolution's output is
+    fresh, and the additions are the same), activation."""
+    convolution, shape = layer.convolution_op, _bias_shape(layer)
+
+    def call(inputs, **unused):
+        outputs = convolution(inputs, layer.kernel.value)
+        if layer.use_bias:
+            outputs.add_(layer.bias.value.reshape(shape))
+        return layer.activation(outputs)
+
+    return call
+
+
+def _batch_normalization_inference(layer):
+    """Keras' ``BatchNormalization.call(training=False)`` for float32 inputs, then its torch
+    ``batch_normalization``: ``(x - mean) * (rsqrt(variance + epsilon) * gamma) + beta``, in the
+    same order of operations."""
+
+    def call(inputs, **unused):
+        shape = [1] * inputs.ndim
+        shape[layer.axis] = -1
+        mean = layer.moving_mean.value.reshape(shape)
+        variance = layer.moving_variance.value.reshape(shape)
+        scale = layer.gamma.value.reshape(shape) if layer.scale else torch.ones_like(variance)
+        offset = layer.beta.value.reshape(shape) if layer.center else torch.zeros_like(mean)
+        factor = variance.add(layer.epsilon).rsqrt_().mul(scale)
+        return inputs.subtract(mean).mul_(factor).add_(offset)
+
+    return call
+
+
+def _relu(inputs, **unused):
+    return F.relu(inputs)
+
+
+def inference_function(layer):
+    """``inputs -> outputs`` of ``layer``'s float32 eager inference written with torch ops (the
+    same ops Keras' torch backend runs, in the same order), or ``None`` to use ``layer.call``.
+
+    Covers ``Conv2D`` layers with this module's convolution, ``BatchNormalization`` and
+    ``Activation("relu")``; the caller (``graph_runner``) has checked the layer's exact type,
+    dtype policy and inputs.
+    """
+    if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(vars(layer).get("convolution_op"), _Convolution):
+            return _conv2d_inference(layer)
+        return None
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return _batch_normalization_inference(layer)
+    if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu:
+        return _relu
+    return None
