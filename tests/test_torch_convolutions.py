@@ -228,3 +228,28 @@ def test_inference_functions_cover_only_what_they_rewrite():
     assert inference_function(keras_conv) is None
     assert inference_function(sigmoid) is None
     assert inference_function(keras.layers.Add()) is None
+
+
+def test_direct_inference_gradients_match_layer_calls(monkeypatch):
+    """``model(x, training=False)`` outside ``torch.no_grad`` (saliency, attacks): the in-place
+    bias and normalisation steps keep autograd's input gradients identical."""
+    import torch
+
+    from keras_retinanet import graph_runner
+
+    keras.utils.set_random_seed(4)
+    model = RetinaNet(num_classes=3, backbone="resnet50")
+    model.build((1, 64, 64, 3))
+    x = np.random.default_rng(3).normal(0, 50, (1, 64, 64, 3)).astype("float32")
+
+    def input_gradient():
+        images = torch.tensor(x, requires_grad=True)
+        outputs = model(images, training=False)
+        (outputs * torch.linspace(-1, 1, outputs.numel()).reshape(outputs.shape)).sum().backward()
+        return outputs.detach().numpy(), images.grad.numpy()
+
+    direct_y, direct_grad = input_gradient()
+    monkeypatch.setattr(graph_runner, "_eager_inference", lambda inputs, training: False)
+    plain_y, plain_grad = input_gradient()
+    np.testing.assert_array_equal(direct_y, plain_y)
+    np.testing.assert_array_equal(direct_grad, plain_grad)
