@@ -2,8 +2,10 @@
 
 Every configuration (backend x execution mode x data format, plus the peer RetinaNets) runs in
 its own worker process, started once; the driver then asks the workers for one timed call at a
-time, round-robin, so all configurations see the same machine state (interleaved A/B) and the
-reported figure is the median. Measured per configuration:
+time, round-robin in an order that rotates every round, so all configurations see the same
+machine state (interleaved A/B). The reported time is the median over rounds; a ratio between
+two configurations is the median of the per-round ratios (paired, so slow phases of the
+machine cancel out). Measured per configuration:
 
 * ``forward b1`` / ``forward b8``: raw model outputs for 1 / 8 images (``size x size``).
 * ``predict b1``: forward + ``DecodePredictions`` (anchor decoding, sigmoid, per-class NMS).
@@ -337,12 +339,15 @@ def run_group(configs, size, repeats, need_first=False, malloc="keep"):
     peaks = {w.config[0]: 0.0 for w in workers}
     for measure in MEASURES:
         for round_ in range(repeats + 1):
-            for w in workers:
+            # Rotating order: no configuration always runs right after the same neighbour
+            # (whose threads may still be winding down).
+            shift = round_ % len(workers)
+            for w in workers[shift:] + workers[:shift]:
                 reply = w.ask(measure)
                 if reply.get("error"):
                     errors[w.config[0]][measure] = reply["error"]
-                if reply.get("seconds") is not None and round_ > 0:
-                    samples[w.config[0]][measure].append(reply["seconds"])
+                if round_ > 0:  # round 0 warms up; a failed call keeps its slot as None
+                    samples[w.config[0]][measure].append(reply.get("seconds"))
                 peaks[w.config[0]] = max(peaks[w.config[0]], reply.get("peak_mib") or 0.0)
             print(f"{measure} round {round_} done", file=sys.stderr, flush=True)
     for w in workers:
@@ -364,6 +369,8 @@ def run_group(configs, size, repeats, need_first=False, malloc="keep"):
                 "peak_rss_mib": round(peaks[name]),
                 "errors": errors[name],
                 "repeats": repeats,
+                # Seconds per timed round (None where a call failed), for paired ratios.
+                "samples": {m: samples[name][m] for m in MEASURES},
             }
         )
         w.close()
@@ -398,11 +405,35 @@ def run(configs, size, repeats, reference, max_workers, malloc="keep"):
         for row in group:
             if row["config"] == reference and any(r["config"] == reference for r in results):
                 continue  # reported once, from the first group
-            keep = ("config", "forward1_s", "forward8_s", "train2_img_per_s")
+            keep = ("config", "forward1_s", "forward8_s", "train2_img_per_s", "samples")
             usable = ref_row is not None and "unavailable" not in ref_row
             row["reference"] = {k: ref_row[k] for k in keep} if usable else None
             results.append(row)
     return results, reference
+
+
+def _seconds(row, measure):
+    """Median seconds of ``measure`` (``train2`` is stored as images per second)."""
+    if measure == "train2":
+        rate = row.get("train2_img_per_s")
+        return 2 / rate if rate else None
+    return row.get(f"{measure}_s")
+
+
+def paired_ratio(row, other, measure, other_measure=None):
+    """Time ratio ``row / other`` for ``measure`` (``other_measure`` for ``other``, default the
+    same): the median over rounds of the per-round ratio when both rows kept their rounds
+    (timed in one group, so round ``i`` of each ran back to back and shares the machine's
+    state), else the ratio of the medians (results written before rounds were kept)."""
+    other_measure = other_measure or measure
+    mine = (row.get("samples") or {}).get(measure)
+    theirs = (other.get("samples") or {}).get(other_measure)
+    if mine and theirs and len(mine) == len(theirs):
+        ratios = [a / b for a, b in zip(mine, theirs, strict=True) if a and b]
+        if ratios:
+            return statistics.median(ratios)
+    a, b = _seconds(row, measure), _seconds(other, other_measure)
+    return a / b if a and b else None
 
 
 def _fmt(value, digits=2):
@@ -429,9 +460,7 @@ def markdown(results, size, repeats, reference, malloc="keep"):
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in ok:
-        ratio = None
-        if r["predict1_s"] is not None and r["forward1_s"]:
-            ratio = r["predict1_s"] / r["forward1_s"]
+        ratio = paired_ratio(r, r, "predict1", "forward1")
         lines.append(
             f"| {r['config']} | {_fmt(r['forward1_s'])} | {_fmt(r['forward8_s'])} | "
             f"{_fmt(r['predict1_s'])} | {_fmt(ratio)} | {_fmt(r['train2_img_per_s'])} | "
@@ -446,8 +475,9 @@ def markdown(results, size, repeats, reference, malloc="keep"):
     if any(r.get("reference") for r in ok):
         lines += [
             "",
-            f"Ratios against **{reference}**, timed in the same group of interleaved workers "
-            "(time ratios: below 1 is faster than the reference):",
+            f"Ratios against **{reference}**, timed in the same group of interleaved workers: "
+            "the median over rounds of each round's time ratio (below 1 is faster than the "
+            "reference):",
             "",
             "| configuration | forward b1 / ref | forward b8 / ref | train step / ref |",
             "|---|---:|---:|---:|",
@@ -456,13 +486,7 @@ def markdown(results, size, repeats, reference, malloc="keep"):
             ref = r.get("reference")
             if not ref:
                 continue
-            f1 = f8 = tr = None
-            if r["forward1_s"] and ref["forward1_s"]:
-                f1 = r["forward1_s"] / ref["forward1_s"]
-            if r["forward8_s"] and ref["forward8_s"]:
-                f8 = r["forward8_s"] / ref["forward8_s"]
-            if r["train2_img_per_s"] and ref["train2_img_per_s"]:
-                tr = ref["train2_img_per_s"] / r["train2_img_per_s"]
+            f1, f8, tr = (paired_ratio(r, ref, m) for m in ("forward1", "forward8", "train2"))
             lines.append(f"| {r['config']} | {_fmt(f1)} | {_fmt(f8)} | {_fmt(tr)} |")
     lines += targets(ok, reference)
     return "\n".join(lines) + "\n"
@@ -495,15 +519,12 @@ def targets(ok, reference):
         if r["implementation"] != "ours":
             continue
         ref = r.get("reference") if reference == "torchvision" else None
-        f1 = f8 = train = predict = None
-        if ref and r["forward1_s"] and ref["forward1_s"]:
-            f1 = r["forward1_s"] / ref["forward1_s"]
-        if ref and r["forward8_s"] and ref["forward8_s"]:
-            f8 = r["forward8_s"] / ref["forward8_s"]
-        if ref and r["backend"] == "jax" and r["train2_img_per_s"] and ref["train2_img_per_s"]:
-            train = ref["train2_img_per_s"] / r["train2_img_per_s"]
-        if r["predict1_s"] and r["forward1_s"]:
-            predict = r["predict1_s"] / r["forward1_s"]
+        f1 = f8 = train = None
+        if ref:
+            f1, f8 = paired_ratio(r, ref, "forward1"), paired_ratio(r, ref, "forward8")
+            if r["backend"] == "jax":
+                train = paired_ratio(r, ref, "train2")
+        predict = paired_ratio(r, r, "predict1", "forward1")
         lines.append(
             f"| {r['config']} | {check(f1, FORWARD_TARGET)} | {check(f8, FORWARD_TARGET)} | "
             f"{check(predict, PREDICT_TARGET)} | {check(train, JAX_TRAIN_TARGET)} |"
@@ -548,7 +569,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 px, one repeat (smoke run)")
     parser.add_argument("--size", type=int, default=None, help="image size (512)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (5)")
     parser.add_argument("--only", nargs="*", help="configurations whose name contains these")
     parser.add_argument(
         "--reference",
@@ -586,7 +607,7 @@ def main(argv=None):
             saved.get("malloc", "default"),
         )
     size = args.size or (128 if args.quick else 512)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only)]
     if not any(c[0] == args.reference for c in CONFIGS):
         parser.error(f"--reference must name a configuration, got {args.reference!r}")
