@@ -86,10 +86,15 @@ class _Plan:
             node.arguments.fill_in  # noqa: B018
 
 
+def _call_method(layer, *args, **kwargs):
+    return layer.call(*args, **kwargs)
+
+
 def _direct_function(operation):
-    """``(compute_dtype, function)``: ``function`` may replace ``operation(...)`` in eager
-    inference when every input has ``compute_dtype`` (see the module docstring); ``None`` when
-    ``operation`` must go through ``Layer.__call__``."""
+    """``(compute_dtype, function)``: ``function(operation, *args, **kwargs)`` may replace
+    ``operation(*args, **kwargs)`` in eager inference when every input has ``compute_dtype``
+    (see the module docstring); ``None`` when ``operation`` must go through
+    ``Layer.__call__``."""
     if type(operation) not in DIRECT_CALL_TYPES or not operation.built:
         return None
     if getattr(operation, "quantization_mode", None) is not None:
@@ -97,8 +102,16 @@ def _direct_function(operation):
     policy = operation.dtype_policy
     if policy.compute_dtype != policy.variable_dtype:
         return None  # mixed precision: __call__'s autocast scope casts the variables
-    function = inference_function(operation) or operation.call
-    return policy.compute_dtype, function
+    return policy.compute_dtype, inference_function(operation) or _call_method
+
+
+def _run(operation, args, kwargs, eager_inference):
+    """``operation(*args, **kwargs)``, directly when ``eager_inference`` allows it."""
+    if eager_inference:
+        direct = _direct_function(operation)
+        if direct is not None and _all_have_dtype(args, direct[0]):
+            return direct[1](operation, *args, **kwargs)  # bit-identical, see above
+    return operation(*args, **kwargs)
 
 
 #: ``backend dtype -> standardized name`` (``keras.backend.standardize_dtype`` is slow).
@@ -145,14 +158,8 @@ def call_layer(layer, inputs, *, training=None):
     Why: a head's or pyramid's convolutions run through ``Layer.__call__`` dozens of times per
     image; in eager PyTorch that bookkeeping alone is several per cent of a batch-1 forward.
     """
-    takes_training = _takes_training(layer)
-    if _eager_inference([inputs], training):
-        direct = _direct_function(layer)
-        if direct is not None and _all_have_dtype(inputs, direct[0]):
-            return direct[1](inputs, **({"training": False} if takes_training else {}))
-    if training is not None and takes_training:
-        return layer(inputs, training=training)
-    return layer(inputs)
+    kwargs = {"training": training} if training is not None and _takes_training(layer) else {}
+    return _run(layer, (inputs,), kwargs, _eager_inference([inputs], training))
 
 
 def _plan_for(model):
@@ -193,11 +200,7 @@ def call_releasing(model, inputs, training=None):
         args, kwargs = node.arguments.fill_in(tensors)
         if takes_training and training is not None:
             kwargs["training"] = training
-        direct = _direct_function(node.operation) if eager_inference else None
-        if direct is not None and _all_have_dtype(args, direct[0]):
-            outputs = direct[1](*args, **kwargs)  # bit-identical, see above
-        else:
-            outputs = node.operation(*args, **kwargs)
+        outputs = _run(node.operation, args, kwargs, eager_inference)
         if len(node.outputs) == 1 and not isinstance(outputs, list | tuple | dict):
             tensors[id(node.outputs[0])] = outputs
         else:

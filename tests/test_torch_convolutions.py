@@ -214,13 +214,14 @@ def test_inference_functions_are_bit_identical_to_layer_call():
         x = torch.tensor(np.random.default_rng(6).normal(0, 3, shape).astype("float32"))
         expected = layer(x, training=False)
         with torch.no_grad():
-            got = function(x, training=False)
+            got = function(layer, x, training=False)
         assert got.shape == expected.shape
         np.testing.assert_array_equal(got.numpy(), expected.detach().numpy(), err_msg=str(layer))
 
 
 def test_inference_functions_cover_only_what_they_rewrite():
     from keras_retinanet.backends import inference_function
+    from keras_retinanet.backends._torch import use_torch_convolutions
 
     keras_conv = keras.layers.Conv2D(4, 3)  # Keras' convolution, not this package's
     keras_conv.build((1, 8, 8, 3))
@@ -228,6 +229,12 @@ def test_inference_functions_cover_only_what_they_rewrite():
     assert inference_function(keras_conv) is None
     assert inference_function(sigmoid) is None
     assert inference_function(keras.layers.Add()) is None
+    lora = keras.layers.Conv2D(4, 3)  # kernel computed per call once LoRA is on
+    lora.build((1, 8, 8, 3))
+    use_torch_convolutions(lora)
+    assert inference_function(lora) is not None
+    lora.enable_lora(2)
+    assert inference_function(lora) is None
 
 
 def test_direct_inference_gradients_match_layer_calls(monkeypatch):

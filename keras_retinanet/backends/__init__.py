@@ -60,9 +60,10 @@ def set_convolution_ops(model, op_class, accept=None):
 
 
 def inference_function(layer):
-    """A faster ``inputs -> outputs`` equivalent of ``layer.call`` for float32 eager inference
-    on the active backend, or ``None`` (see ``graph_runner``). Only PyTorch has one: its
-    ``keras.ops`` dispatch costs more than a small feature map's arithmetic."""
+    """A faster ``(layer, *args, **kwargs) -> outputs`` equivalent of ``layer.call`` for
+    float32 eager inference on the active backend, or ``None`` (see ``graph_runner``). Only
+    PyTorch has one: its ``keras.ops`` dispatch costs more than a small feature map's
+    arithmetic."""
     module = _backend_module()
     function = getattr(module, "inference_function", None)
     return None if function is None else function(layer)

@@ -155,56 +155,47 @@ def _bias_shape(layer):
     return (1, 1, 1, -1) if layer.data_format == "channels_last" else (1, -1, 1, 1)
 
 
-def _conv2d_inference(layer):
+def _conv2d_inference(layer, inputs, **unused):
     """Keras' ``Conv2D.call``: convolution, bias added (in place: the convolution's output is
     fresh, and the additions are the same), activation."""
-    convolution, shape = layer.convolution_op, _bias_shape(layer)
-
-    def call(inputs, **unused):
-        outputs = convolution(inputs, layer.kernel.value)
-        if layer.use_bias:
-            outputs.add_(layer.bias.value.reshape(shape))
-        return layer.activation(outputs)
-
-    return call
+    outputs = layer.convolution_op(inputs, layer.kernel.value)
+    if layer.use_bias:
+        outputs.add_(layer.bias.value.reshape(_bias_shape(layer)))
+    return layer.activation(outputs)
 
 
-def _batch_normalization_inference(layer):
+def _batch_normalization_inference(layer, inputs, **unused):
     """Keras' ``BatchNormalization.call(training=False)`` for float32 inputs, then its torch
     ``batch_normalization``: ``(x - mean) * (rsqrt(variance + epsilon) * gamma) + beta``, in the
     same order of operations."""
-
-    def call(inputs, **unused):
-        shape = [1] * inputs.ndim
-        shape[layer.axis] = -1
-        mean = layer.moving_mean.value.reshape(shape)
-        variance = layer.moving_variance.value.reshape(shape)
-        scale = layer.gamma.value.reshape(shape) if layer.scale else torch.ones_like(variance)
-        offset = layer.beta.value.reshape(shape) if layer.center else torch.zeros_like(mean)
-        factor = variance.add(layer.epsilon).rsqrt_().mul(scale)
-        return inputs.subtract(mean).mul_(factor).add_(offset)
-
-    return call
+    shape = [1] * inputs.ndim
+    shape[layer.axis] = -1
+    mean = layer.moving_mean.value.reshape(shape)
+    variance = layer.moving_variance.value.reshape(shape)
+    scale = layer.gamma.value.reshape(shape) if layer.scale else torch.ones_like(variance)
+    offset = layer.beta.value.reshape(shape) if layer.center else torch.zeros_like(mean)
+    factor = variance.add(layer.epsilon).rsqrt_().mul(scale)
+    return inputs.subtract(mean).mul_(factor).add_(offset)
 
 
-def _relu(inputs, **unused):
+def _relu(layer, inputs, **unused):
     return F.relu(inputs)
 
 
 def inference_function(layer):
-    """``inputs -> outputs`` of ``layer``'s float32 eager inference written with torch ops (the
-    same ops Keras' torch backend runs, in the same order), or ``None`` to use ``layer.call``.
+    """``(layer, inputs, **call_kwargs) -> outputs`` computing ``layer``'s float32 eager
+    inference with torch ops (the same ops Keras' torch backend runs, in the same order), or
+    ``None`` to use ``layer.call``. Module-level functions, so nothing is built per call.
 
-    Covers ``Conv2D`` layers with this module's convolution, ``BatchNormalization`` and
-    ``Activation("relu")``; the caller (``graph_runner``) has checked the layer's exact type,
-    dtype policy and inputs.
+    Covers ``Conv2D`` layers with this module's convolution (and no LoRA, whose kernel is
+    computed per call), ``BatchNormalization`` and ``Activation("relu")``; the caller
+    (``graph_runner``) has checked the layer's exact type, dtype policy and inputs.
     """
     if isinstance(layer, keras.layers.Conv2D):
-        if isinstance(vars(layer).get("convolution_op"), _Convolution):
-            return _conv2d_inference(layer)
-        return None
+        plain = isinstance(vars(layer).get("convolution_op"), _Convolution)
+        return _conv2d_inference if plain and not getattr(layer, "lora_enabled", False) else None
     if isinstance(layer, keras.layers.BatchNormalization):
-        return _batch_normalization_inference(layer)
+        return _batch_normalization_inference
     if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu:
         return _relu
     return None
