@@ -9,7 +9,9 @@
 The CPU build of PyTorch is pinned in ``constraints.txt`` for every session.
 """
 
+import functools
 import os
+import shutil
 
 import nox
 
@@ -23,12 +25,33 @@ CONSTRAINTS = ("-c", "constraints.txt")
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONHASHSEED": "0"}
 
 
+def _discard_venv_in_ci(func):
+    """Remove the session's virtualenv when it ends under CI (``CI=true``).
+
+    CI runs on a fresh clone, so a venv is never reused there; the four sessions together hold
+    several GB of wheels (TensorFlow, JAX, PyTorch twice), and deleting each one as soon as its
+    session is over keeps the peak disk use to the largest single venv.
+    """
+
+    @functools.wraps(func)
+    def wrapper(session, *args, **kwargs):
+        try:
+            return func(session, *args, **kwargs)
+        finally:
+            location = getattr(session.virtualenv, "location", None)
+            if os.environ.get("CI", "").lower() in ("1", "true") and location:
+                shutil.rmtree(location, ignore_errors=True)
+
+    return wrapper
+
+
 def _pytest_args(session, *default):
     return list(session.posargs) or list(default)
 
 
 @nox.session
 @nox.parametrize("backend", BACKENDS)
+@_discard_venv_in_ci
 def tests(session, backend):
     """Unit and integration tests on one backend, with only that backend installed."""
     session.install(*CONSTRAINTS, f".[{backend},test]")
@@ -55,6 +78,7 @@ def tests(session, backend):
 
 
 @nox.session
+@_discard_venv_in_ci
 def parity(session):
     """Cross-backend checks: one set of weights, three backends, TensorFlow as reference."""
     session.install(*CONSTRAINTS, ".[all,test]")
@@ -66,6 +90,7 @@ def parity(session):
 
 
 @nox.session
+@_discard_venv_in_ci
 def lint(session):
     """Static checks (ruff lint and formatting)."""
     session.install("ruff>=0.6")
