@@ -5,6 +5,7 @@ import os
 
 import keras
 
+from keras_retinanet.backends import support_channels_first
 from keras_retinanet.layout import standardize_data_format
 
 #: Layer names of the C3/C4/C5 outputs in ``keras.applications.ResNet50`` (SPEC §1).
@@ -159,7 +160,9 @@ def get_backbone(backbone="resnet50", *, weights=None, input_shape=None, data_fo
                 f"backbone must be one of {sorted(_BACKBONES)} or a keras.Model, got {backbone!r}"
             )
         with image_data_format(data_format):
-            return _BACKBONES[backbone](weights=weights, input_shape=input_shape)
+            model = _BACKBONES[backbone](weights=weights, input_shape=input_shape)
+        support_channels_first(model)  # TensorFlow's CPU convolutions are NHWC only
+        return model
     if not isinstance(backbone, keras.Model):
         raise ValueError(
             f"backbone must be a registered name or a keras.Model, got {type(backbone).__name__}"

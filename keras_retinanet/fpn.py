@@ -3,6 +3,7 @@
 import keras
 from keras import layers, ops
 
+from keras_retinanet.backends import support_channels_first
 from keras_retinanet.graph_runner import call_layer
 from keras_retinanet.layout import spatial_axes, standardize_data_format
 
@@ -83,6 +84,7 @@ class FeaturePyramid(layers.Layer):
         self.conv_c5_3x3.build(out_shape(c5_shape))
         self.conv_c6_3x3.build(c5_shape)
         self.conv_c7_3x3.build(out_shape(c5_shape))
+        support_channels_first(self)  # TensorFlow's CPU convolutions are NHWC only
         self.built = True
 
     def call(self, inputs, training=None):

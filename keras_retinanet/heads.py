@@ -5,6 +5,7 @@ import math
 import keras
 from keras import layers
 
+from keras_retinanet.backends import support_channels_first
 from keras_retinanet.graph_runner import call_layer
 from keras_retinanet.layout import standardize_data_format
 
@@ -95,6 +96,7 @@ class PredictionHead(layers.Layer):
             conv.build(shape)
             shape = self._with_channels(shape, self.filters)
         self.output_conv.build(shape)
+        support_channels_first(self)  # TensorFlow's CPU convolutions are NHWC only
         self.built = True
 
     def call(self, inputs, training=None):

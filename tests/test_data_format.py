@@ -181,3 +181,22 @@ def test_bad_data_format_and_layout_mismatch_are_value_errors():
     _, first = _pair()
     with pytest.raises(ValueError, match="channels_first"):
         first(_images((1, 64, 64, 3)))  # NHWC images given to an NCHW model
+
+
+@pytest.mark.parametrize("backbone", ["compact", "resnet50"])
+def test_channels_first_backbone_alone_matches_channels_last(backbone):
+    # A named backbone runs outside RetinaNet too (on TensorFlow without a GPU its NCHW
+    # convolutions are computed in NHWC, whose CPU kernels are the only ones TensorFlow has).
+    from keras_retinanet.backbone import get_backbone
+
+    last = get_backbone(backbone, data_format="channels_last")
+    first = get_backbone(backbone, data_format="channels_first")
+    first.set_weights(last.get_weights())
+    x = _images((1, 64, 64, 3))
+    for a, b in zip(first(_nchw(x)), last(x), strict=True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a),
+            _nchw(keras.ops.convert_to_numpy(b)),
+            rtol=RTOL,
+            atol=ATOL,
+        )

@@ -69,6 +69,17 @@ def inference_function(layer):
     return None if function is None else function(layer)
 
 
+def support_channels_first(model):
+    """Makes ``model``'s channels_first ``Conv2D`` layers run where the backend's kernels are
+    NHWC only (TensorFlow without a GPU: ``backends._tensorflow.use_nhwc_convolutions``), with
+    the same outputs and weights; nothing on the other backends. Layers that hold convolutions
+    (``FeaturePyramid``, ``PredictionHead``, the named backbones) call it once built, so they
+    run on their own too. Returns the number of layers changed."""
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    return _backend_module().use_nhwc_convolutions(model)
+
+
 def prepare_convolutions(model):
     """Makes ``model``'s plain ``Conv2D`` layers run fast on the active backend, with the same
     outputs and weights. Returns the number of layers changed.
@@ -79,7 +90,8 @@ def prepare_convolutions(model):
       copying it twice; ``backends._torch.use_torch_convolutions``).
     * JAX: 1x1 convolutions as matrix products, wide ones in channel slices on CPU
       (``backends._jax.use_fast_convolutions``), which XLA:CPU trains much faster.
-    * TensorFlow: nothing.
+    * TensorFlow: channels_first layers convolve in NHWC when there is no GPU
+      (:func:`support_channels_first`).
     """
     backend = keras.backend.backend()
     if backend == "torch":
@@ -88,4 +100,4 @@ def prepare_convolutions(model):
         return module.store_kernels_for_torch(model)
     if backend == "jax":
         return _backend_module().use_fast_convolutions(model)
-    return 0
+    return support_channels_first(model)
