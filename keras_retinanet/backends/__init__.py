@@ -88,7 +88,8 @@ def prepare_convolutions(model):
       (``backends._torch.store_kernels_for_torch``), so no kernel is copied per call, and
       the convolution runs on the input as it lies in memory (for channels_last, instead of
       copying it twice; ``backends._torch.use_torch_convolutions``).
-    * JAX: 1x1 convolutions as matrix products, wide ones in channel slices on CPU
+    * JAX: 1x1 convolutions as matrix products; on CPU, the kernel gradients of the others as
+      one matrix product per kernel tap
       (``backends._jax.use_fast_convolutions``), which XLA:CPU trains much faster.
     * TensorFlow: channels_first layers convolve in NHWC when there is no GPU
       (:func:`support_channels_first`).
