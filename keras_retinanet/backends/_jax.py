@@ -47,25 +47,32 @@ def _dimension_numbers(data_format):
     return ("NHWC", "HWIO", "NHWC") if data_format == "channels_last" else ("NCHW", "HWIO", "NCHW")
 
 
+def _times_matrix(pixels, matrix, data_format):
+    """Every pixel's channel vector times ``matrix`` ``[in, out]``: ``[N, H, W, in] ->
+    [N, H, W, out]`` (or NCHW), written as the product whose kernel gradient XLA:CPU computes
+    without layout copies."""
+    if data_format == "channels_last":
+        n, h, w, c = pixels.shape
+        # [N, H, W, in] -> [N * H * W, in]: a plain 2-D product, whose gradients are 2-D
+        # products too (kernel: rows^T @ grad, no layout copy; einsum over n, h, w copies both).
+        rows = jnp.reshape(pixels, (-1, c))
+        return jnp.reshape(rows @ matrix, (n, h, w, matrix.shape[1]))
+    n, c, h, w = pixels.shape
+    # [N, in, H, W] -> [N, in, H * W]; out[n] = matrix^T @ pixels[n].
+    columns = jnp.reshape(pixels, (n, c, h * w))
+    outputs = jnp.einsum("co,ncp->nop", matrix, columns)
+    return jnp.reshape(outputs, (n, matrix.shape[1], h, w))
+
+
 def _pointwise(inputs, kernel, strides, data_format):
     """A 1x1 convolution: ``[N, H, W, in] x [1, 1, in, out] -> [N, H', W', out]`` (or NCHW)."""
     sh, sw = strides
-    matrix = kernel[0, 0]  # [in, out]
-    if data_format == "channels_last":
-        if (sh, sw) != (1, 1):
+    if (sh, sw) != (1, 1):  # all a 1x1 kernel's stride does is subsample
+        if data_format == "channels_last":
             inputs = inputs[:, ::sh, ::sw, :]
-        n, h, w, c = inputs.shape
-        # [N, H, W, in] -> [N * H * W, in]: a plain 2-D product, whose gradients are 2-D
-        # products too (kernel: rows^T @ grad, no layout copy; einsum over n, h, w copies both).
-        rows = jnp.reshape(inputs, (-1, c))
-        return jnp.reshape(rows @ matrix, (n, h, w, matrix.shape[1]))
-    if (sh, sw) != (1, 1):
-        inputs = inputs[:, :, ::sh, ::sw]
-    n, c, h, w = inputs.shape
-    # [N, in, H, W] -> [N, in, H * W]; out[n] = matrix^T @ inputs[n].
-    columns = jnp.reshape(inputs, (n, c, h * w))
-    outputs = jnp.einsum("co,ncp->nop", matrix, columns)
-    return jnp.reshape(outputs, (n, matrix.shape[1], h, w))
+        else:
+            inputs = inputs[:, :, ::sh, ::sw]
+    return _times_matrix(inputs, kernel[0, 0], data_format)
 
 
 def _conv(inputs, kernel, strides, padding, data_format):
@@ -82,17 +89,15 @@ def _tap_products(inputs, kernel, *, strides, padding, data_format):
     Only its derivative in ``kernel`` is used (see ``_spatial``): it is linear in ``kernel``
     and its transpose, the kernel gradient, is one ``window^T @ grad`` product per tap.
     """
-    kh, kw, cin, cout = kernel.shape
+    kh, kw = kernel.shape[:2]
     sh, sw = strides
-    last = data_format == "channels_last"
-    h_axis, w_axis = (1, 2) if last else (2, 3)
+    h_axis, w_axis = (1, 2) if data_format == "channels_last" else (2, 3)
     pads = jax.lax.padtype_to_pads(
         (inputs.shape[h_axis], inputs.shape[w_axis]), (kh, kw), strides, padding
     )
     pad_width = [(0, 0)] * 4
     pad_width[h_axis], pad_width[w_axis] = pads
     padded = jnp.pad(inputs, pad_width)
-    n = inputs.shape[0]
     ho = (padded.shape[h_axis] - kh) // sh + 1
     wo = (padded.shape[w_axis] - kw) // sw + 1
     step = [1, 1, 1, 1]
@@ -104,17 +109,9 @@ def _tap_products(inputs, kernel, *, strides, padding, data_format):
             begin[h_axis], begin[w_axis] = i, j
             end[h_axis], end[w_axis] = i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1
             window = jax.lax.slice(padded, begin, end, step)  # [N, H', W', in] / [N, in, H', W']
-            if last:
-                # [N, H', W', in] -> [N * H' * W', in]: its kernel gradient is one 2-D product.
-                term = jnp.reshape(window, (-1, cin)) @ kernel[i, j]
-            else:
-                # [N, in, H', W'] -> [N, in, H' * W']; out[n] = kernel[i, j]^T @ window[n].
-                columns = jnp.reshape(window, (n, cin, ho * wo))
-                term = jnp.einsum("co,ncp->nop", kernel[i, j], columns)
+            term = _times_matrix(window, kernel[i, j], data_format)
             total = term if total is None else total + term
-    if last:
-        return jnp.reshape(total, (n, ho, wo, cout))
-    return jnp.reshape(total, (n, cout, ho, wo))
+    return total
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
