@@ -12,7 +12,9 @@ pytestmark = pytest.mark.skipif(
 
 # (kernel, strides, padding, in channels, out channels): every kind RetinaNet uses (1x1 and
 # strided 1x1 projections, 3x3, the 7x7/2 stem, a wide head output) and valid padding and
-# strided 3x3 kernels on sizes that do not divide, whose per-tap windows end early.
+# strided 3x3 kernels on sizes that do not divide, whose per-tap windows end early. Kernel
+# gradients take one product per kernel row below ROW_AT_ONCE_BELOW_CHANNELS (16) input
+# channels and one per tap from there on: both kinds are here.
 CASES = [
     (1, 1, "same", 6, 5),
     (1, 2, "valid", 6, 5),
@@ -21,6 +23,8 @@ CASES = [
     (3, 2, "same", 4, 6),
     (3, 2, "valid", 3, 5),
     (7, 2, "same", 3, 8),
+    (3, 1, "same", 16, 5),
+    (3, 2, "valid", 17, 4),
 ]
 
 
@@ -158,15 +162,20 @@ def test_forward_mode_autodiff_and_vmap_work(kernel, cout):
     )
 
 
-def test_kernel_gradient_on_cpu_is_tap_products_not_a_convolution():
+@pytest.mark.parametrize("cin,products", [(4, 3), (16, 9)])
+def test_kernel_gradient_on_cpu_is_tap_products_not_a_convolution(cin, products):
     # XLA:CPU's kernel-gradient convolution is several times slower than the forward one; the
-    # rewrite's kernel gradient has one matrix product per tap and no second convolution.
+    # rewrite's kernel gradient has one matrix product per tap (one per kernel row for thin
+    # inputs) and no second convolution.
     import jax
     import jax.numpy as jnp
 
+    from keras_retinanet.backends._jax import ROW_AT_ONCE_BELOW_CHANNELS
+
     if jax.default_backend() != "cpu":
         pytest.skip("the tap products are used on CPU only")
-    shape = (2, 9, 8, 4)
+    assert (cin < ROW_AT_ONCE_BELOW_CHANNELS) == (products == 3)
+    shape = (2, 9, 8, cin)
     keras_conv, fast = _layer_pair(3, 1, "same", 6, "channels_last", shape)
     x = jnp.ones(shape, "float32")
 
@@ -177,4 +186,5 @@ def test_kernel_gradient_on_cpu_is_tap_products_not_a_convolution():
     assert program(keras_conv).count("conv_general_dilated") == 2  # forward + kernel gradient
     fast_program = program(fast)
     assert fast_program.count("conv_general_dilated") == 1  # the forward only
-    assert fast_program.count("dot_general") >= 9  # one product per tap of the 3x3 kernel
+    # Reverse mode keeps only the transposed products: one per tap (or per row).
+    assert fast_program.count("dot_general") == products
