@@ -14,16 +14,17 @@ gradient XLA computes faster on CPU. It is the same convolution, evaluated anoth
   ResNet50 has 36 such convolutions, the feature pyramid three. A ResNet50 backbone's
   gradient at batch 2, 512x512 went from 3.1-3.5 s to 2.1-2.6 s.
 * **Other kernels, on CPU** (3x3, the 7x7 stem) keep XLA's convolution for the output and for
-  the input gradient, but their **kernel gradient** is computed as one matrix product per kernel
-  tap, ``window^T @ grad`` with ``window`` the ``[N * H' * W', in]`` input pixels that tap
-  reads, instead of XLA:CPU's kernel-gradient convolution, which is several times slower than
-  the forward convolution it belongs to (2-core AVX2 CPU, ``2x64x64``: ``3x3, 256 -> 256``
-  forward 82 ms, kernel gradient 369 ms by XLA, 147 ms by taps; ``256 -> 720``, the class
-  head's output, 245 ms, 1213 ms and 262 ms). A RetinaNet ResNet50 train step (batch 2,
-  512x512) went from 11.9 s to 8.4 s on that machine. This is done with a ``custom_jvp`` whose
-  kernel tangent is the per-tap sum (linear in the kernel), so that reverse mode transposes it
-  into the per-tap products while forward mode, ``jit`` and ``vmap`` keep working. Other
-  platforms keep XLA's convolution and its gradients.
+  the input gradient, but their **kernel gradient** is computed as one matrix product per
+  kernel tap, ``window^T @ grad`` with ``window`` the ``[N * H' * W', in]`` input pixels that
+  tap reads (for inputs with few channels, such as the RGB stem, one product per kernel row,
+  the row's windows side by side), instead of XLA:CPU's kernel-gradient convolution, which is
+  several times slower than the forward convolution it belongs to (2-core AVX2 CPU,
+  ``2x64x64``: ``3x3, 256 -> 256`` forward 82 ms, kernel gradient 369 ms by XLA, 147 ms by
+  taps; ``256 -> 720``, the class head's output, 245 ms, 1213 ms and 262 ms). A RetinaNet
+  ResNet50 train step (batch 2, 512x512) went from 11.9 s to 8.4 s on that machine. This is
+  done with a ``custom_jvp`` whose kernel tangent is the per-tap sum (linear in the kernel),
+  so that reverse mode transposes it into the per-tap products while forward mode, ``jit``
+  and ``vmap`` keep working. Other platforms keep XLA's convolution and its gradients.
 
 Outputs differ from ``conv_general_dilated`` only by float rounding in 1x1 convolutions (the
 sum runs in another order); the others are XLA's own convolution. Kernel gradients differ by
