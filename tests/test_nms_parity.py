@@ -1,6 +1,9 @@
 """Every generated case on TensorFlow, JAX and PyTorch against
 ``tf.image.combined_non_max_suppression`` itself (run with ``pytest -m parity -s``).
 
+Each backend's cases are split into ``SHARDS`` interleaved parts, one test each, so that
+pytest-xdist workers share the slowest one (JAX compiles about one program per case).
+
 TensorFlow runs in this process; JAX and PyTorch run in a subprocess each (with their own
 ``KERAS_BACKEND``, calling the per-backend module directly), since TensorFlow and JAX loaded in
 one process can crash.
@@ -22,6 +25,7 @@ pytestmark = pytest.mark.parity
 CASES = generate_cases()
 # NMS_PARITY_STRIDE=k checks every k-th case only (quick local runs); the default is all.
 _STRIDE = int(os.environ.get("NMS_PARITY_STRIDE", "1"))
+SHARDS = 2
 
 
 def _to_numpy(outputs):
@@ -45,7 +49,7 @@ import numpy as np
 sys.path.insert(0, {tests!r})
 from nms_cases import generate_cases
 module = importlib.import_module("keras_retinanet.nms._{backend}")
-cases = generate_cases()[::{stride}]
+cases = generate_cases()[::{stride}][{shard}::{shards}]
 
 def bucket(n):
     return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
@@ -68,7 +72,7 @@ with open({path!r}, "wb") as f:
 """
 
 
-def _results(backend, cases, tmp_path):
+def _results(backend, cases, shard, tmp_path):
     if backend == "tensorflow":
         from keras_retinanet.nms import _tensorflow
 
@@ -80,25 +84,30 @@ def _results(backend, cases, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     tests = os.path.dirname(os.path.abspath(__file__))
     path = str(tmp_path / f"{backend}.pkl")
-    code = _RUNNER.format(tests=tests, backend=backend, path=path, stride=_STRIDE)
+    code = _RUNNER.format(
+        tests=tests, backend=backend, path=path, stride=_STRIDE, shard=shard, shards=SHARDS
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
     with open(path, "rb") as f:
         return pickle.load(f)
 
 
+@pytest.mark.parametrize("shard", range(SHARDS))
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
-def test_identical_to_tf(backend, tf_results, tmp_path):
+def test_identical_to_tf(backend, shard, tf_results, tmp_path):
     pytest.importorskip(backend)
     failures = []
-    cases = CASES[::_STRIDE]
-    results = _results(backend, cases, tmp_path)
-    for case, expected, actual in zip(cases, tf_results, results, strict=True):
+    cases = CASES[::_STRIDE][shard::SHARDS]
+    results = _results(backend, cases, shard, tmp_path)
+    expected_results = tf_results[shard::SHARDS]
+    for case, expected, actual in zip(cases, expected_results, results, strict=True):
         try:
             assert_same_detections(actual, expected, case=case)
         except AssertionError as error:
             failures.append(f"{case}: {str(error)[:300]}")
     n = len(cases)
-    subset = f" (every {_STRIDE}th of {len(CASES)})" if n < len(CASES) else ""
+    stride = f", every {_STRIDE}th case" if _STRIDE > 1 else ""
+    subset = f" (part {shard + 1} of {SHARDS}{stride}, of {len(CASES)} cases)"
     print(
         f"\n{backend}: {n - len(failures)}/{n} cases identical to "
         f"tf.image.combined_non_max_suppression{subset}"
