@@ -1,5 +1,6 @@
 """Every generated case on TensorFlow, JAX and PyTorch against
-``tf.image.combined_non_max_suppression`` itself (run with ``pytest -m parity -s``).
+``tf.image.combined_non_max_suppression`` itself (``pytest -m parity -rP`` prints the counts,
+also from pytest-xdist workers).
 
 Each backend's cases are split into ``SHARDS`` interleaved parts, one test each, so that
 pytest-xdist workers share the slowest one (JAX compiles about one program per case).
