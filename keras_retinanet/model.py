@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.backbone import get_backbone
-from keras_retinanet.backends import prepare_convolutions
+from keras_retinanet.backends import prepare_layers
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.fpn import FeaturePyramid
 from keras_retinanet.graph_runner import call_releasing
@@ -131,7 +131,7 @@ class RetinaNet(keras.Model):
             level_shape = (input_shape[0], self.fpn_filters, None, None)
         self.cls_head.build(level_shape)
         self.box_head.build(level_shape)
-        prepare_convolutions(self)  # backend-specific fast paths, same outputs
+        prepare_layers(self)  # backend-specific fast paths, same outputs
         self.built = True
 
     def call(self, images, training=False):

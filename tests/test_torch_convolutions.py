@@ -194,9 +194,9 @@ def _inference_layers():
             values = rng.uniform(0.5, 1.5, variable.shape).astype("float32")
             variable.assign(values)
         if isinstance(layer, keras.layers.Conv2D):
-            from keras_retinanet.backends import prepare_convolutions
+            from keras_retinanet.backends import prepare_layers
 
-            prepare_convolutions(layer)
+            prepare_layers(layer)
         built.append((layer, shape))
     return built
 

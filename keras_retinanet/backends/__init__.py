@@ -59,6 +59,28 @@ def set_convolution_ops(model, op_class, accept=None):
     return count
 
 
+def set_layer_calls(model, layer_class, call_class):
+    """Gives ``model``'s layers (recursively, ``model`` included) that are ``layer_class`` and
+    still run ``layer_class.call`` an instance ``call`` of ``call_class(layer)``; Keras'
+    ``Layer.__call__`` calls ``self.call``. Subclasses that define their own ``call`` keep it,
+    as does a layer whose instance already holds another replacement; one holding a
+    ``call_class`` gets a fresh one, so calling this again changes nothing further.
+
+    Returns:
+        The number of layers given a ``call_class``.
+    """
+    count = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if (
+            isinstance(layer, layer_class)
+            and type(layer).call is layer_class.call
+            and isinstance(vars(layer).get("call"), call_class | None)
+        ):
+            object.__setattr__(layer, "call", call_class(layer))
+            count += 1
+    return count
+
+
 def inference_function(layer):
     """A faster ``(layer, *args, **kwargs) -> outputs`` equivalent of ``layer.call`` for
     float32 eager inference on the active backend, or ``None`` (see ``graph_runner``). Only
@@ -80,9 +102,10 @@ def support_channels_first(model):
     return _backend_module().use_nhwc_convolutions(model)
 
 
-def prepare_convolutions(model):
-    """Makes ``model``'s plain ``Conv2D`` layers run fast on the active backend, with the same
-    outputs and weights. Returns the number of layers changed.
+def prepare_layers(model):
+    """Makes ``model``'s plain ``Conv2D`` layers (and on JAX its ``MaxPooling2D`` and
+    ``BatchNormalization`` layers) run fast on the active backend, with the same outputs and
+    weights. Returns the number of layers changed.
 
     * PyTorch: kernels stored in the order torch's convolution reads
       (``backends._torch.store_kernels_for_torch``), so no kernel is copied per call, and
@@ -90,7 +113,10 @@ def prepare_convolutions(model):
       copying it twice; ``backends._torch.use_torch_convolutions``).
     * JAX: 1x1 convolutions as matrix products; on CPU, the kernel gradients of the others as
       one matrix product per kernel tap
-      (``backends._jax.use_fast_convolutions``), which XLA:CPU trains much faster.
+      (``backends._jax.use_fast_convolutions``), which XLA:CPU trains much faster; on CPU,
+      max pooling as the maximum of strided windows with a gradient of fused elementwise
+      passes (``backends._jax_pooling``); in training, batch normalization with its
+      closed-form gradient (``backends._jax_normalization``).
     * TensorFlow: channels_first layers convolve in NHWC when there is no GPU
       (:func:`support_channels_first`).
     """
@@ -100,5 +126,11 @@ def prepare_convolutions(model):
         module.use_torch_convolutions(model)  # a subset of the layers re-laid below
         return module.store_kernels_for_torch(model)
     if backend == "jax":
-        return _backend_module().use_fast_convolutions(model)
+        from keras_retinanet.backends import _jax_normalization, _jax_pooling
+
+        return (
+            _backend_module().use_fast_convolutions(model)
+            + _jax_pooling.use_fast_max_pooling(model)
+            + _jax_normalization.use_fast_batch_normalization(model)
+        )
     return support_channels_first(model)
