@@ -82,6 +82,18 @@ def _conv(inputs, kernel, strides, padding, data_format):
     )
 
 
+def strided_window(padded, i, j, out_h, out_w, strides, axes):
+    """What kernel (or pooling) tap ``(i, j)`` reads for every output pixel: the strided slice
+    ``[N, out_h, out_w, C]`` (or NCHW; ``axes`` are the spatial axes) of ``padded`` starting at
+    ``(i, j)``."""
+    sh, sw = strides
+    begin, end, step = [0] * 4, list(padded.shape), [1] * 4
+    begin[axes[0]], begin[axes[1]] = i, j
+    end[axes[0]], end[axes[1]] = i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1
+    step[axes[0]], step[axes[1]] = sh, sw
+    return jax.lax.slice(padded, begin, end, step)
+
+
 #: Below this many input channels, the taps of one kernel row are concatenated along the
 #: channel axis and multiplied at once: a product over 3 channels (the 7x7 stem on RGB images)
 #: is too thin to run fast, and each one rereads the whole output gradient. The stem's kernel
@@ -113,14 +125,9 @@ def _tap_products(inputs, kernel, *, strides, padding, data_format):
     padded = jnp.pad(inputs, pad_width)
     ho = (padded.shape[h_axis] - kh) // sh + 1
     wo = (padded.shape[w_axis] - kw) // sw + 1
-    step = [1, 1, 1, 1]
-    step[h_axis], step[w_axis] = sh, sw
 
     def window(i, j):  # the input pixels tap (i, j) reads: [N, H', W', in] / [N, in, H', W']
-        begin, end = [0, 0, 0, 0], list(padded.shape)
-        begin[h_axis], begin[w_axis] = i, j
-        end[h_axis], end[w_axis] = i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1
-        return jax.lax.slice(padded, begin, end, step)
+        return strided_window(padded, i, j, ho, wo, strides, (h_axis, w_axis))
 
     row_at_once = in_channels < ROW_AT_ONCE_BELOW_CHANNELS
     total = None

@@ -24,20 +24,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from keras_retinanet.backends._jax import strided_window
+
 
 def _spatial_axes(data_format):
     return (1, 2) if data_format == "channels_last" else (2, 3)
-
-
-def _window(padded, i, j, out_h, out_w, strides, axes):
-    """The input pixels that pooling tap ``(i, j)`` reads for every output pixel:
-    ``[N, out_h, out_w, C]`` (or NCHW) strided slice of ``padded``."""
-    sh, sw = strides
-    begin, end, step = [0] * 4, list(padded.shape), [1] * 4
-    begin[axes[0]], begin[axes[1]] = i, j
-    end[axes[0]], end[axes[1]] = i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1
-    step[axes[0]], step[axes[1]] = sh, sw
-    return jax.lax.slice(padded, begin, end, step)
 
 
 def _output_size(padded, pool_size, strides, axes):
@@ -56,7 +47,7 @@ def _first_maxima(padded, outputs, pool_size, strides, data_format):
     masks = []
     for i in range(pool_size[0]):
         for j in range(pool_size[1]):
-            window = _window(padded, i, j, out_h, out_w, strides, axes)
+            window = strided_window(padded, i, j, out_h, out_w, strides, axes)
             hit = (window == outputs) | (window != window)
             if taken is None:
                 taken = hit
@@ -75,7 +66,7 @@ def _max_of_windows(padded, pool_size, strides, data_format):
     outputs = None
     for i in range(pool_size[0]):
         for j in range(pool_size[1]):
-            window = _window(padded, i, j, out_h, out_w, strides, axes)
+            window = strided_window(padded, i, j, out_h, out_w, strides, axes)
             outputs = window if outputs is None else jnp.maximum(outputs, window)
     return outputs
 
@@ -95,7 +86,7 @@ def _max_of_windows_jvp(pool_size, strides, data_format, primals, tangents):
     d_outputs = None
     for index, hit in enumerate(masks):
         i, j = divmod(index, pool_size[1])
-        window = _window(d_padded, i, j, out_h, out_w, strides, axes)
+        window = strided_window(d_padded, i, j, out_h, out_w, strides, axes)
         term = jnp.where(hit, window, zero)
         d_outputs = term if d_outputs is None else d_outputs + term
     return outputs, d_outputs
