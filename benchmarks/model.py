@@ -5,7 +5,8 @@ its own worker process, started once; the driver then asks the workers for one t
 time, round-robin in an order that rotates every round, so all configurations see the same
 machine state (interleaved A/B). The reported time is the median over rounds; a ratio between
 two configurations is the median of the per-round ratios (paired, so slow phases of the
-machine cancel out). Measured per configuration:
+machine cancel out). ``forward b1`` and ``predict b1`` are timed back to back in each round, so
+``predict / forward`` is paired call by call. Measured per configuration:
 
 * ``forward b1`` / ``forward b8``: raw model outputs for 1 / 8 images (``size x size``).
 * ``predict b1``: forward + ``DecodePredictions`` (anchor decoding, sigmoid, per-class NMS).
@@ -58,7 +59,11 @@ CONFIGS = [
 ]
 #: Ratios compare with this configuration when the requested reference cannot run.
 FALLBACK_REFERENCE = "torch eager NCHW"
-MEASURES = ["forward1", "forward8", "predict1", "train2"]
+#: Measures timed together in each round, one call right after the other in the same worker
+#: (in an order that alternates every round): ``predict / forward`` is then the ratio of two
+#: calls made seconds apart, not of two phases of the run minutes apart.
+MEASURE_GROUPS = [("forward1", "predict1"), ("forward8",), ("train2",)]
+MEASURES = [measure for group in MEASURE_GROUPS for measure in group]
 NUM_CLASSES = 80
 
 
@@ -316,9 +321,29 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def schedule(num_workers, repeats):
+    """The timing order: ``(round, worker index, measure)`` triples, round 0 the warm-up.
+
+    For each group of :data:`MEASURE_GROUPS`, ``repeats + 1`` rounds; in each round every
+    worker times every measure of the group, its calls back to back. The worker order rotates
+    every round (no configuration always runs right after the same neighbour, whose threads
+    may still be winding down) and so does the measure order within a group (no measure always
+    runs first).
+    """
+    for group in MEASURE_GROUPS:
+        for round_ in range(repeats + 1):
+            shift, turn = round_ % max(num_workers, 1), round_ % len(group)
+            order = list(range(num_workers))
+            for index in order[shift:] + order[:shift]:
+                for measure in group[turn:] + group[:turn]:
+                    yield round_, index, measure
+            print(f"{'+'.join(group)} round {round_} done", file=sys.stderr, flush=True)
+
+
 def run_group(configs, size, repeats, need_first=False, malloc="keep"):
-    """Starts one worker per configuration, then times each measure round-robin ``repeats``
-    times (after one untimed warm-up round, which also triggers each function's compile).
+    """Starts one worker per configuration, then times each measure ``repeats`` times in the
+    order of :func:`schedule` (after one untimed warm-up round, which also triggers each
+    function's compile).
     With ``need_first``, returns at once (only the first row) when the first configuration
     cannot run."""
     results = []
@@ -337,19 +362,14 @@ def run_group(configs, size, repeats, need_first=False, malloc="keep"):
     samples = {w.config[0]: {m: [] for m in MEASURES} for w in workers}
     errors = {w.config[0]: {} for w in workers}
     peaks = {w.config[0]: 0.0 for w in workers}
-    for measure in MEASURES:
-        for round_ in range(repeats + 1):
-            # Rotating order: no configuration always runs right after the same neighbour
-            # (whose threads may still be winding down).
-            shift = round_ % len(workers)
-            for w in workers[shift:] + workers[:shift]:
-                reply = w.ask(measure)
-                if reply.get("error"):
-                    errors[w.config[0]][measure] = reply["error"]
-                if round_ > 0:  # round 0 warms up; a failed call keeps its slot as None
-                    samples[w.config[0]][measure].append(reply.get("seconds"))
-                peaks[w.config[0]] = max(peaks[w.config[0]], reply.get("peak_mib") or 0.0)
-            print(f"{measure} round {round_} done", file=sys.stderr, flush=True)
+    for round_, index, measure in schedule(len(workers), repeats):
+        w = workers[index]
+        reply = w.ask(measure)
+        if reply.get("error"):
+            errors[w.config[0]][measure] = reply["error"]
+        if round_ > 0:  # round 0 warms up; a failed call keeps its slot as None
+            samples[w.config[0]][measure].append(reply.get("seconds"))
+        peaks[w.config[0]] = max(peaks[w.config[0]], reply.get("peak_mib") or 0.0)
     for w in workers:
         name, backend, mode, data_format, implementation = w.config
         med = {m: _median(samples[name][m]) for m in MEASURES}
