@@ -106,12 +106,13 @@ class DecodePredictions(layers.Layer):
         h_axis, w_axis = spatial_axes(self.data_format)
         anchors = self.anchor_generator(shape[h_axis], shape[w_axis])  # [A, 4]
         boxes = self.box_coder.decode(predictions[..., :4], anchors)  # [B, A, 4]
-        scores = ops.sigmoid(predictions[..., 4:])  # [B, A, C]
         # NaN scores and non-finite boxes must never be detections: a score of 0 is never
-        # above confidence_threshold (>= 0, strict comparison).
+        # above confidence_threshold (>= 0, strict comparison). Sigmoid outputs lie in
+        # [0, 1] or are NaN, so nan_to_num only replaces NaN; two passes over [B, A, C]
+        # instead of four (isnan, not, and, where) matter on eager PyTorch.
         finite_box = ops.all(ops.isfinite(boxes), axis=-1, keepdims=True)  # [B, A, 1]
-        usable = ops.logical_and(finite_box, ops.logical_not(ops.isnan(scores)))  # [B, A, C]
-        scores = ops.where(usable, scores, 0.0)
+        scores = ops.nan_to_num(ops.sigmoid(predictions[..., 4:]), nan=0.0)  # [B, A, C]
+        scores = ops.where(finite_box, scores, 0.0)
         boxes = ops.where(finite_box, boxes, 0.0)
         nmsed_boxes, nmsed_scores, nmsed_classes, valid = combined_non_max_suppression(
             boxes[:, :, None, :],  # [B, A, 1, 4]: one box shared by all classes
