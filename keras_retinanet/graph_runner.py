@@ -30,6 +30,13 @@ outputs are bit-identical. Where the backend has one (PyTorch: ``Conv2D``,
 ``layer.call`` by the same operations written without ``keras.ops``' per-op dispatch.
 :func:`call_layer` offers the same for the single layers that ``FeaturePyramid`` and
 ``PredictionHead`` call.
+
+**Eager inference reuses dead intermediates' memory.** When a batch normalization, ReLU or
+``Add`` node's input is the fresh output of a ``Conv2D``, batch normalization, ReLU or ``Add``
+node and this node is its only consumer (and it is not a model output), the runner *donates*
+it: ``backends.donating_function`` (PyTorch) writes the result into the input's memory instead
+of a new tensor, with the same operations in the same order, so outputs stay bit-identical.
+A tensor that requires grad (inference with autograd recording) is never overwritten.
 """
 
 import inspect
@@ -37,7 +44,12 @@ import weakref
 
 import keras
 
-from keras_retinanet.backends import inference_function, is_concrete_tensor
+from keras_retinanet.backends import (
+    donating_function,
+    inference_function,
+    is_concrete_tensor,
+    relu_in_place,
+)
 
 #: Layer types whose ``call`` needs nothing from ``Layer.__call__`` in eager inference: their
 #: inference arithmetic reads only their variables and inputs.
@@ -81,9 +93,49 @@ class _Plan:
             if tensor_id not in kept:
                 self.release[index].append(tensor_id)
         self.takes_training = [_takes_training(node.operation) for node in nodes]
+        # donate[i]: per input tensor of node i (flattened arguments, repeats included),
+        # whether node i may overwrite it (see the module docstring); None: nothing to donate.
+        uses = {}
+        for node in nodes:
+            for tensor in node.input_tensors:
+                uses[id(tensor)] = uses.get(id(tensor), 0) + 1
+        fresh = {
+            id(node.outputs[0])
+            for node in nodes
+            if len(node.outputs) == 1 and _returns_fresh_tensor(node.operation)
+        }
+        self.donate = []
+        for node in nodes:
+            flags = tuple(
+                id(t) in fresh and uses[id(t)] == 1 and id(t) not in kept
+                for t in node.input_tensors
+            )
+            takes = _takes_donations(node.operation) and any(flags)
+            self.donate.append(flags if takes else None)
         # Checked once here so that a missing attribute falls back before any work is done.
         for node in nodes:
             node.arguments.fill_in  # noqa: B018
+
+
+def _returns_fresh_tensor(operation):
+    """Whether ``operation``'s output (in eager execution) is new memory that only its caller
+    holds, never one of its inputs or a view of one: a ``Conv2D`` with a linear or ReLU
+    activation, batch normalization, ``Activation("relu")`` and ``Add`` (exact types)."""
+    kind = type(operation)
+    if kind is keras.layers.Conv2D:
+        return operation.activation in (keras.activations.linear, keras.activations.relu)
+    if kind is keras.layers.Activation:
+        return operation.activation is keras.activations.relu
+    return kind in (keras.layers.BatchNormalization, keras.layers.Add)
+
+
+def _takes_donations(operation):
+    """Whether ``operation`` has an in-place eager inference form (on PyTorch; see
+    ``backends.donating_function``): batch normalization, ``Activation("relu")``, ``Add``."""
+    kind = type(operation)
+    if kind is keras.layers.Activation:
+        return operation.activation is keras.activations.relu
+    return kind in (keras.layers.BatchNormalization, keras.layers.Add)
 
 
 def _call_method(layer, *args, **kwargs):
@@ -105,11 +157,16 @@ def _direct_function(operation):
     return policy.compute_dtype, inference_function(operation) or _call_method
 
 
-def _run(operation, args, kwargs, eager_inference):
-    """``operation(*args, **kwargs)``, directly when ``eager_inference`` allows it."""
+def _run(operation, args, kwargs, eager_inference, donate=None):
+    """``operation(*args, **kwargs)``, directly when ``eager_inference`` allows it, writing
+    into the inputs that ``donate`` flags where the backend can."""
     if eager_inference:
         direct = _direct_function(operation)
         if direct is not None and _all_have_dtype(args, direct[0]):
+            if donate is not None:
+                donating = donating_function(operation)
+                if donating is not None:
+                    return donating(operation, donate, *args, **kwargs)  # bit-identical
             return direct[1](operation, *args, **kwargs)  # bit-identical, see above
     return operation(*args, **kwargs)
 
@@ -162,6 +219,15 @@ def call_layer(layer, inputs, *, training=None):
     return _run(layer, (inputs,), kwargs, _eager_inference([inputs], training))
 
 
+def relu_of_fresh(x, *, training=None):
+    """``ops.relu(x)`` for a tensor that only the caller holds (a layer's output it has just
+    computed): in eager inference written into ``x`` where the backend can (PyTorch), with the
+    same values."""
+    if _eager_inference([x], training):
+        return relu_in_place(x)
+    return keras.ops.relu(x)
+
+
 def _plan_for(model):
     try:
         return _PLANS[model]
@@ -194,13 +260,13 @@ def call_releasing(model, inputs, training=None):
         return model(inputs, training=training)
     eager_inference = _eager_inference(flat, training)
     tensors = dict(zip(plan.input_ids, flat, strict=True))
-    for node, release, takes_training in zip(
-        plan.nodes, plan.release, plan.takes_training, strict=True
+    for node, release, takes_training, donate in zip(
+        plan.nodes, plan.release, plan.takes_training, plan.donate, strict=True
     ):
         args, kwargs = node.arguments.fill_in(tensors)
         if takes_training and training is not None:
             kwargs["training"] = training
-        outputs = _run(node.operation, args, kwargs, eager_inference)
+        outputs = _run(node.operation, args, kwargs, eager_inference, donate)
         if len(node.outputs) == 1 and not isinstance(outputs, list | tuple | dict):
             tensors[id(node.outputs[0])] = outputs
         else:

@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from keras_retinanet.backends import support_channels_first
-from keras_retinanet.graph_runner import call_layer
+from keras_retinanet.graph_runner import call_layer, relu_of_fresh
 from keras_retinanet.layout import standardize_data_format
 
 
@@ -102,7 +102,7 @@ class PredictionHead(layers.Layer):
     def call(self, inputs, training=None):
         x = inputs
         for conv in self.hidden:
-            x = keras.ops.relu(call_layer(conv, x, training=training))
+            x = relu_of_fresh(call_layer(conv, x, training=training), training=training)
         return call_layer(self.output_conv, x, training=training)
 
     def _with_channels(self, shape, channels):

@@ -183,3 +183,130 @@ def test_retinanet_direct_inference_matches_layer_calls(monkeypatch):
     direct = _numpy(model(x))[0]
     monkeypatch.setattr(graph_runner, "_eager_inference", lambda inputs, training: False)
     np.testing.assert_array_equal(direct, _numpy(model(x))[0])
+
+
+# --- eager inference writes into dead intermediates (PyTorch) ---------------------------------
+
+
+def _donation_model():
+    """Every way a tensor must *not* be overwritten, next to ones that may be."""
+    inputs = keras.Input((8, 8, 3))
+    bn_of_input = keras.layers.BatchNormalization(name="bn_of_input")(inputs)  # caller's tensor
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="conv")(bn_of_input)
+    shared = keras.layers.BatchNormalization(name="shared_bn")(conv)  # conv also feeds `add`
+    relu = keras.layers.Activation("relu", name="relu")(shared)  # may overwrite `shared`
+    dropped = keras.layers.Dropout(0.5, name="dropout")(relu)  # returns its input at inference
+    bn_of_dropout = keras.layers.BatchNormalization(name="bn_of_dropout")(dropped)
+    add = keras.layers.Add(name="add")([conv, bn_of_dropout])
+    relu_out = keras.layers.Activation("relu", name="relu_out")(add)
+    exported = keras.layers.Conv2D(4, 1, name="exported")(relu_out)  # a model output...
+    after = keras.layers.BatchNormalization(name="after")(exported)  # ...that feeds a layer
+    model = keras.Model(inputs, [after, exported, relu])
+    for layer in model.layers:  # non-trivial statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=layer.moving_variance.shape))
+    return model
+
+
+def _donated_flags(model):
+    from keras_retinanet.graph_runner import _plan_for
+
+    plan = _plan_for(model)
+    return {
+        node.operation.name: flags
+        for node, flags in zip(plan.nodes, plan.donate, strict=True)
+        if flags is not None
+    }
+
+
+def test_only_fresh_single_use_intermediates_are_donated():
+    model = _donation_model()
+    # shared_bn: conv feeds add too; bn_of_input: a model input; bn_of_dropout: Dropout's
+    # output is its input; add: `conv` has two consumers, `bn_of_dropout` one; after: its
+    # input is a model output. relu and relu_out read fresh single-use tensors.
+    assert _donated_flags(model) == {"relu": (True,), "add": (False, True), "relu_out": (True,)}
+
+
+def test_donating_inference_leaves_inputs_and_shared_tensors_intact():
+    model = _donation_model()
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), "float32")
+    before = keras.ops.convert_to_numpy(x).copy()
+    expected = _numpy(model(x, training=False))  # Functional.call, no donation
+    got = _numpy(call_releasing(model, x, training=False))
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), before)
+
+
+def test_resnet50_donates_to_every_batch_norm_relu_and_residual_add():
+    backbone = resnet50_backbone(input_shape=(32, 32, 3))
+    flags = _donated_flags(backbone)
+    kinds = {}
+    for name in flags:
+        kind = type(backbone.get_layer(name)).__name__
+        kinds[kind] = kinds.get(kind, 0) + 1
+    # 53 batch norms read convolutions; 49 ReLUs read batch norms or residual sums; the 16
+    # residual sums read their branch's batch norm (the 4 projection shortcuts' too; identity
+    # shortcuts have two consumers).
+    assert kinds == {"BatchNormalization": 53, "Activation": 49, "Add": 16}
+    assert sum(sum(f) for f in flags.values()) == 53 + 49 + 16 + 4
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="in-place writes: PyTorch")
+def test_torch_inference_writes_in_place_only_without_autograd(monkeypatch):
+    import torch
+
+    from keras_retinanet.backends import _torch
+
+    keras.utils.set_random_seed(3)
+    backbone = resnet50_backbone(input_shape=(32, 32, 3))
+    x = torch.as_tensor(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), dtype=torch.float32)
+    expected = _numpy(backbone(x, training=False))
+    overwritten = []
+    original = _torch._may_overwrite
+
+    def counting(donated, tensor):
+        result = original(donated, tensor)
+        overwritten.append(result)
+        return result
+
+    monkeypatch.setattr(_torch, "_may_overwrite", counting)
+    with torch.no_grad():
+        got = _numpy(call_releasing(backbone, x, training=False))
+    assert sum(overwritten) == 53 + 49 + 16
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    # With autograd recording, nothing is overwritten and gradients flow.
+    overwritten.clear()
+    x.requires_grad_(True)
+    outputs = call_releasing(backbone, x, training=False)
+    assert overwritten and not any(overwritten)
+    sum(o.sum() for o in outputs).backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+    for g, e in zip(_numpy([o.detach() for o in outputs]), expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="in-place writes: PyTorch")
+def test_torch_in_place_add_keeps_broadcasting_and_summation_order():
+    import torch
+
+    from keras_retinanet.backends._torch import _add_donated
+
+    rng = np.random.default_rng(0)
+    a, b, c = (torch.as_tensor(rng.normal(size=(2, 3, 4)), dtype=torch.float32) for _ in "abc")
+    small = torch.as_tensor(rng.normal(size=(1, 1, 4)), dtype=torch.float32)
+    layer = keras.layers.Add()
+    expected = ((a + b) + c).numpy()
+    got = _add_donated(layer, (False, False, True), [a.clone(), b.clone(), c.clone()])
+    np.testing.assert_array_equal(got.numpy(), expected)  # only x0 may take a 3-way sum
+    second = b.clone()
+    out = _add_donated(layer, (False, True), [a, second])
+    assert out.data_ptr() == second.data_ptr()
+    np.testing.assert_array_equal(out.numpy(), (a + b).numpy())
+    kept = small.clone()
+    out = _add_donated(layer, (False, True), [a, kept])  # broadcasting: a new tensor
+    np.testing.assert_array_equal(kept.numpy(), small.numpy())
+    np.testing.assert_array_equal(out.numpy(), (a + small).numpy())

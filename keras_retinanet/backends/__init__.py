@@ -91,6 +91,23 @@ def inference_function(layer):
     return None if function is None else function(layer)
 
 
+def donating_function(layer):
+    """The in-place version of :func:`inference_function` for inputs the caller may give up
+    (``(layer, donated, *args, **kwargs) -> outputs``), or ``None``; PyTorch only, where
+    eager inference writes every elementwise result into new memory."""
+    module = _backend_module()
+    function = getattr(module, "donating_function", None)
+    return None if function is None else function(layer)
+
+
+def relu_in_place(x):
+    """``relu(x)`` for a tensor ``x`` that no one else holds (a layer's fresh output) in eager
+    inference: written into ``x`` where the backend allows it (PyTorch), else ``ops.relu``."""
+    module = _backend_module()
+    function = getattr(module, "relu_in_place", None)
+    return keras.ops.relu(x) if function is None else function(x)
+
+
 def support_channels_first(model):
     """Makes ``model``'s channels_first ``Conv2D`` layers run where the backend's kernels are
     NHWC only (TensorFlow without a GPU: ``backends._tensorflow.use_nhwc_convolutions``), with

@@ -29,6 +29,12 @@ is. Skipping both copies took RetinaNet's batch-1 forward at 512x512 from about 
 argument handling. Either way the convolution is the same call on the same values in the same
 memory order, so outputs are bit-identical to Keras' path.
 
+``donating_function`` returns in-place versions of the elementwise layers (batch
+normalization, ReLU, ``Add``) for inputs that ``graph_runner`` knows no one else holds: the
+same operations on the same values, written into the input's memory instead of a new tensor.
+Batch normalization and ReLU are then 53 + 49 fewer allocations and writes of ResNet50's
+largest feature maps per call; the batch-1 forward at 512x512 ran 2-5% faster on a 2-core CPU.
+
 ``inference_function`` returns, for the layers whose eager inference
 ``graph_runner.call_layer`` runs without ``Layer.__call__``, the same arithmetic written with
 torch directly: Keras' ``Conv2D.call`` and ``BatchNormalization.call`` go through ``keras.ops``,
@@ -168,18 +174,82 @@ def _batch_normalization_inference(layer, inputs, **unused):
     """Keras' ``BatchNormalization.call(training=False)`` for float32 inputs, then its torch
     ``batch_normalization``: ``(x - mean) * (rsqrt(variance + epsilon) * gamma) + beta``, in the
     same order of operations."""
-    shape = [1] * inputs.ndim
+    mean, factor, offset = _batch_normalization_terms(layer, inputs.ndim)
+    return inputs.subtract(mean).mul_(factor).add_(offset)
+
+
+def _batch_normalization_terms(layer, ndim):
+    """``(mean, rsqrt(variance + epsilon) * gamma, beta)``, each shaped to broadcast along the
+    layer's axis of a rank-``ndim`` input."""
+    shape = [1] * ndim
     shape[layer.axis] = -1
     mean = layer.moving_mean.value.reshape(shape)
     variance = layer.moving_variance.value.reshape(shape)
     scale = layer.gamma.value.reshape(shape) if layer.scale else torch.ones_like(variance)
     offset = layer.beta.value.reshape(shape) if layer.center else torch.zeros_like(mean)
-    factor = variance.add(layer.epsilon).rsqrt_().mul(scale)
-    return inputs.subtract(mean).mul_(factor).add_(offset)
+    return mean, variance.add(layer.epsilon).rsqrt_().mul(scale), offset
 
 
 def _relu(layer, inputs, **unused):
     return F.relu(inputs)
+
+
+def _may_overwrite(donated, tensor):
+    """Whether ``tensor``, donated by the caller, may be written in place: autograd may need
+    the values of a tensor that requires grad (an inference call with grad enabled)."""
+    return donated and isinstance(tensor, torch.Tensor) and not tensor.requires_grad
+
+
+def _batch_normalization_donated(layer, donated, inputs, **kwargs):
+    """:func:`_batch_normalization_inference` written into ``inputs`` when it is donated."""
+    if not _may_overwrite(donated[0], inputs):
+        return _batch_normalization_inference(layer, inputs, **kwargs)
+    mean, factor, offset = _batch_normalization_terms(layer, inputs.ndim)
+    return inputs.sub_(mean).mul_(factor).add_(offset)
+
+
+def _relu_donated(layer, donated, inputs, **unused):
+    """ReLU written into ``inputs`` when it is donated."""
+    return relu_in_place(inputs) if _may_overwrite(donated[0], inputs) else F.relu(inputs)
+
+
+def relu_in_place(x):
+    """``relu(x)`` written into ``x`` (which no one else may hold), unless autograd may need
+    ``x``; the same values as ``F.relu``."""
+    return torch.relu_(x) if not x.requires_grad else F.relu(x)
+
+
+def _add_donated(layer, donated, inputs, **unused):
+    """Keras' ``Add``, ``((x0 + x1) + x2) + ...``, accumulated into ``x0`` or, with two inputs,
+    ``x1`` (addition commutes exactly) when that input is donated and has the result's shape
+    and dtype."""
+    candidates = [0, 1] if len(inputs) == 2 else [0]
+    same = all(x.shape == inputs[0].shape and x.dtype == inputs[0].dtype for x in inputs)
+    for index in candidates:
+        if same and _may_overwrite(donated[index], inputs[index]):
+            output = inputs[index].add_(inputs[1 - index])
+            for x in inputs[2:]:
+                output = output.add_(x)
+            return output
+    output = inputs[0]
+    for x in inputs[1:]:
+        output = torch.add(output, x)
+    return output
+
+
+def donating_function(layer):
+    """``(layer, donated, *args, **kwargs) -> outputs``, the in-place version of ``layer``'s
+    float32 eager inference, or ``None``. ``donated`` holds one flag per input tensor (in the
+    order of the flattened call arguments): whether the caller holds its only reference, so
+    that it may be overwritten. The outputs equal :func:`inference_function`'s bit for bit.
+    The caller has made the same checks as for :func:`inference_function`."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return _batch_normalization_donated
+    if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu:
+        return _relu_donated
+    if isinstance(layer, keras.layers.Add):
+        return _add_donated
+    return None
 
 
 def inference_function(layer):
