@@ -121,12 +121,9 @@ def _returns_fresh_tensor(operation):
     """Whether ``operation``'s output (in eager execution) is new memory that only its caller
     holds, never one of its inputs or a view of one: a ``Conv2D`` with a linear or ReLU
     activation, batch normalization, ``Activation("relu")`` and ``Add`` (exact types)."""
-    kind = type(operation)
-    if kind is keras.layers.Conv2D:
+    if type(operation) is keras.layers.Conv2D:
         return operation.activation in (keras.activations.linear, keras.activations.relu)
-    if kind is keras.layers.Activation:
-        return operation.activation is keras.activations.relu
-    return kind in (keras.layers.BatchNormalization, keras.layers.Add)
+    return _takes_donations(operation)  # their results are new tensors, in place or not
 
 
 def _takes_donations(operation):
