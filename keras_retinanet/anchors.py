@@ -54,8 +54,6 @@ class AnchorGenerator:
             )
         # [levels, anchors_per_location, 2] anchor (w, h), computed once in float64.
         self._dims = np.stack([self._level_dims(area) for area in self.areas]).astype("float32")
-        # (H, W) -> [A, 4] float32 NumPy anchors of static sizes, computed once per size.
-        self._static = {}
 
     @property
     def num_anchors_per_location(self):
@@ -97,37 +95,11 @@ class AnchorGenerator:
         """
         _check_size(image_height, "image_height")
         _check_size(image_width, "image_width")
-        if _is_int(image_height) and _is_int(image_width):
-            # Static sizes (eager calls, JAX tracing, known TF shapes): NumPy anchors, cached,
-            # instead of ~20 small backend ops per call (about 4 ms on eager PyTorch). A copy
-            # is converted because PyTorch's tensor would share the cached array's memory.
-            return ops.convert_to_tensor(np.array(self._static_anchors(image_height, image_width)))
         per_level = [
             self._level_anchors(image_height, image_width, stride, self._dims[i])
             for i, stride in enumerate(self.strides)
         ]
         return ops.concatenate(per_level, axis=0)
-
-    def _static_anchors(self, image_height, image_width):
-        """``[A, 4]`` float32 NumPy anchors for integer sizes; the same float32 arithmetic as
-        :meth:`_level_anchors` (every value is exact), so bit-identical to it."""
-        key = (int(image_height), int(image_width))
-        if key not in self._static:
-            if len(self._static) >= _STATIC_CACHE_SIZE:
-                self._static.pop(next(iter(self._static)))  # oldest first
-            per_level = []
-            for (grid_h, grid_w), stride, dims in zip(
-                self.grid_sizes(*key), self.strides, self._dims, strict=True
-            ):
-                xs = (np.arange(grid_w, dtype="float32") + np.float32(0.5)) * np.float32(stride)
-                ys = (np.arange(grid_h, dtype="float32") + np.float32(0.5)) * np.float32(stride)
-                cx, cy = np.meshgrid(xs, ys)  # each [grid_h, grid_w]
-                shape = (grid_h, grid_w, dims.shape[0], 2)
-                centers = np.broadcast_to(np.stack([cx, cy], axis=-1)[:, :, None, :], shape)
-                sizes = np.broadcast_to(dims, shape)
-                per_level.append(np.concatenate([centers, sizes], axis=-1).reshape(-1, 4))
-            self._static[key] = np.concatenate(per_level, axis=0)
-        return self._static[key]
 
     def _level_anchors(self, image_height, image_width, stride, dims):
         k = dims.shape[0]
@@ -152,15 +124,6 @@ class AnchorGenerator:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-#: Input sizes whose static anchors are kept (a model sees few distinct sizes; 512 x 512 has
-#: 49 104 anchors, 0.8 MB).
-_STATIC_CACHE_SIZE = 8
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_size(value, name):

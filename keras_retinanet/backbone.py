@@ -5,7 +5,6 @@ import os
 
 import keras
 
-from keras_retinanet.backends import support_channels_first
 from keras_retinanet.layout import standardize_data_format
 
 #: Layer names of the C3/C4/C5 outputs in ``keras.applications.ResNet50`` (SPEC §1).
@@ -161,7 +160,6 @@ def get_backbone(backbone="resnet50", *, weights=None, input_shape=None, data_fo
             )
         with image_data_format(data_format):
             model = _BACKBONES[backbone](weights=weights, input_shape=input_shape)
-        support_channels_first(model)  # TensorFlow's CPU convolutions are NHWC only
         return model
     if not isinstance(backbone, keras.Model):
         raise ValueError(

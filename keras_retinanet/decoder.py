@@ -3,13 +3,13 @@
 import math
 
 import keras
-import numpy as np
 from keras import layers, ops
 
 from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.layout import spatial_axes, standardize_data_format
 from keras_retinanet.ops import combined_non_max_suppression
+from keras_retinanet.validation import positive_int, static_shape, validate_images
 
 
 @keras.saving.register_keras_serializable(package="keras_retinanet")
@@ -73,21 +73,18 @@ class DecodePredictions(layers.Layer):
     ):
         super().__init__(**kwargs)
         self.data_format = standardize_data_format(data_format)
-        if int(num_classes) != num_classes or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        num_classes = positive_int(num_classes, "num_classes")
         if not _is_number(nms_iou_threshold) or not 0.0 <= nms_iou_threshold <= 1.0:
             raise ValueError(f"nms_iou_threshold must be in [0, 1], got {nms_iou_threshold!r}")
         if not _is_number(confidence_threshold) or not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(
                 f"confidence_threshold must be in [0, 1], got {confidence_threshold!r}"
             )
-        for name, value in (
-            ("max_detections_per_class", max_detections_per_class),
-            ("max_detections", max_detections),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.num_classes = int(num_classes)
+        max_detections_per_class = positive_int(
+            max_detections_per_class, "max_detections_per_class"
+        )
+        max_detections = positive_int(max_detections, "max_detections")
+        self.num_classes = num_classes
         self.confidence_threshold = float(confidence_threshold)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections_per_class = int(max_detections_per_class)
@@ -98,8 +95,8 @@ class DecodePredictions(layers.Layer):
 
     def call(self, images, predictions):
         predictions = ops.cast(predictions, "float32")
-        prediction_shape = _static_shape(predictions)
-        self._check_shapes(_static_shape(images), prediction_shape)
+        prediction_shape = static_shape(predictions)
+        self._check_shapes(static_shape(images), prediction_shape)
         if prediction_shape is not None and prediction_shape[0] == 0:
             return self._empty_outputs()
         shape = ops.shape(images)
@@ -108,8 +105,7 @@ class DecodePredictions(layers.Layer):
         boxes = self.box_coder.decode(predictions[..., :4], anchors)  # [B, A, 4]
         # NaN scores and non-finite boxes must never be detections: a score of 0 is never
         # above confidence_threshold (>= 0, strict comparison). Sigmoid outputs lie in
-        # [0, 1] or are NaN, so nan_to_num only replaces NaN; two passes over [B, A, C]
-        # instead of four (isnan, not, and, where) matter on eager PyTorch.
+        # [0, 1] or are NaN, so nan_to_num only replaces NaN.
         finite_box = ops.all(ops.isfinite(boxes), axis=-1, keepdims=True)  # [B, A, 1]
         scores = ops.nan_to_num(ops.sigmoid(predictions[..., 4:]), nan=0.0)  # [B, A, C]
         scores = ops.where(finite_box, scores, 0.0)
@@ -236,8 +232,6 @@ class RetinaNetDetector(keras.Model):
         """``keras.Model.predict``; an array or tensor ``x`` is first validated as by
         ``RetinaNet.predict`` (shape, and NaN/Inf values -> ``ValueError``)."""
         if hasattr(x, "shape") and hasattr(x, "dtype"):
-            from keras_retinanet.model import validate_images
-
             validate_images(x, self.model.data_format)
         return super().predict(x, *args, **kwargs)
 
@@ -257,15 +251,6 @@ class RetinaNetDetector(keras.Model):
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
         return cls(**config)
-
-
-def _static_shape(x):
-    """``x.shape`` as a tuple (``None`` for unknown or symbolic sizes), or ``None`` when even
-    the rank is unknown (a TensorFlow graph tensor)."""
-    try:
-        return tuple(int(d) if isinstance(d, int | np.integer) else None for d in x.shape)
-    except (TypeError, ValueError):
-        return None
 
 
 def _is_number(value):

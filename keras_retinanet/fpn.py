@@ -3,9 +3,7 @@
 import keras
 from keras import layers, ops
 
-from keras_retinanet.backends import support_channels_first
-from keras_retinanet.graph_runner import call_layer
-from keras_retinanet.layout import spatial_axes, standardize_data_format
+from keras_retinanet.layout import spatial_axes, standardize_data_format, with_channels
 
 
 def _upsample_like(x, reference, data_format="channels_last"):
@@ -75,7 +73,7 @@ class FeaturePyramid(layers.Layer):
 
     def build(self, input_shape):
         c3_shape, c4_shape, c5_shape = input_shape
-        out_shape = lambda s: self._with_channels(s, self.filters)  # noqa: E731
+        out_shape = lambda s: with_channels(s, self.filters, self.data_format)  # noqa: E731
         self.conv_c3_1x1.build(c3_shape)
         self.conv_c4_1x1.build(c4_shape)
         self.conv_c5_1x1.build(c5_shape)
@@ -84,31 +82,18 @@ class FeaturePyramid(layers.Layer):
         self.conv_c5_3x3.build(out_shape(c5_shape))
         self.conv_c6_3x3.build(c5_shape)
         self.conv_c7_3x3.build(out_shape(c5_shape))
-        support_channels_first(self)  # TensorFlow's CPU convolutions are NHWC only
         self.built = True
 
     def call(self, inputs, training=None):
         c3, c4, c5 = inputs
-        conv = lambda layer, x: call_layer(layer, x, training=training)  # noqa: E731
-        p5 = conv(self.conv_c5_1x1, c5)
-        p4 = conv(self.conv_c4_1x1, c4)
+        p5 = self.conv_c5_1x1(c5)
+        p4 = self.conv_c4_1x1(c4)
         p4 = p4 + _upsample_like(p5, p4, self.data_format)
-        p3 = conv(self.conv_c3_1x1, c3)
+        p3 = self.conv_c3_1x1(c3)
         p3 = p3 + _upsample_like(p4, p3, self.data_format)  # uses the already merged P4
-        p6 = conv(self.conv_c6_3x3, c5)
-        p7 = conv(self.conv_c7_3x3, ops.relu(p6))
-        return [
-            conv(self.conv_c3_3x3, p3),
-            conv(self.conv_c4_3x3, p4),
-            conv(self.conv_c5_3x3, p5),
-            p6,
-            p7,
-        ]
-
-    def _with_channels(self, shape, channels):
-        shape = list(shape)
-        shape[-1 if self.data_format == "channels_last" else 1] = channels
-        return tuple(shape)
+        p6 = self.conv_c6_3x3(c5)
+        p7 = self.conv_c7_3x3(ops.relu(p6))
+        return [self.conv_c3_3x3(p3), self.conv_c4_3x3(p4), self.conv_c5_3x3(p5), p6, p7]
 
     def compute_output_shape(self, input_shape):
         c3, c4, c5 = input_shape
@@ -120,9 +105,9 @@ class FeaturePyramid(layers.Layer):
             shape[h_axis], shape[w_axis] = half(shape[h_axis]), half(shape[w_axis])
             return tuple(shape)
 
-        p6 = halved(self._with_channels(c5, self.filters))
+        p6 = halved(with_channels(c5, self.filters, self.data_format))
         p7 = halved(p6)
-        return [self._with_channels(s, self.filters) for s in (c3, c4, c5)] + [p6, p7]
+        return [with_channels(s, self.filters, self.data_format) for s in (c3, c4, c5)] + [p6, p7]
 
     def get_config(self):
         config = super().get_config()

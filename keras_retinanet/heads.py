@@ -5,9 +5,7 @@ import math
 import keras
 from keras import layers
 
-from keras_retinanet.backends import support_channels_first
-from keras_retinanet.graph_runner import call_layer, relu_of_fresh
-from keras_retinanet.layout import standardize_data_format
+from keras_retinanet.layout import standardize_data_format, with_channels
 
 
 def prior_bias(prior_probability):
@@ -25,6 +23,8 @@ def prior_bias(prior_probability):
 @keras.saving.register_keras_serializable(package="keras_retinanet")
 class PredictionHead(layers.Layer):
     """``num_convs`` x [Conv2D(filters, 3) + ReLU] then Conv2D(output_filters, 3).
+
+    The ReLU is each hidden ``Conv2D``'s activation (the same values as ``ops.relu`` after it).
 
     All kernels use ``RandomNormal(0, 0.01)``, as in the paper and the keras.io example.
 
@@ -72,6 +72,7 @@ class PredictionHead(layers.Layer):
                 self.filters,
                 3,
                 padding="same",
+                activation="relu",
                 data_format=self.data_format,
                 kernel_initializer=kernel_init(),
                 name=f"conv_{i}",
@@ -94,24 +95,18 @@ class PredictionHead(layers.Layer):
         shape = tuple(input_shape)
         for conv in self.hidden:
             conv.build(shape)
-            shape = self._with_channels(shape, self.filters)
+            shape = with_channels(shape, self.filters, self.data_format)
         self.output_conv.build(shape)
-        support_channels_first(self)  # TensorFlow's CPU convolutions are NHWC only
         self.built = True
 
     def call(self, inputs, training=None):
         x = inputs
         for conv in self.hidden:
-            x = relu_of_fresh(call_layer(conv, x, training=training), training=training)
-        return call_layer(self.output_conv, x, training=training)
-
-    def _with_channels(self, shape, channels):
-        shape = list(shape)
-        shape[-1 if self.data_format == "channels_last" else 1] = channels
-        return tuple(shape)
+            x = conv(x)  # Conv2D + ReLU
+        return self.output_conv(x)
 
     def compute_output_shape(self, input_shape):
-        return self._with_channels(input_shape, self.output_filters)
+        return with_channels(input_shape, self.output_filters, self.data_format)
 
     def get_config(self):
         config = super().get_config()

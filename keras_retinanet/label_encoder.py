@@ -5,33 +5,13 @@ import numpy as np
 from keras import ops
 
 from keras_retinanet.anchors import AnchorGenerator
-from keras_retinanet.backends import is_concrete_tensor
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.boxes import center_to_corners, pairwise_iou
+from keras_retinanet.validation import any_true, is_concrete
 
 #: Class-target codes for anchors that are not positives.
 NEGATIVE = -1.0
 IGNORE = -2.0
-
-
-def is_concrete(x):
-    """Whether the values of ``x`` are known now, so they can be checked in Python.
-
-    True for NumPy data and eager tensors; False inside a traced or compiled function
-    (``tf.function``, ``jax.jit``, ``torch.compile``), for symbolic ``keras.KerasTensor``s and
-    for PyTorch ``meta`` tensors (Keras' shape inference). Value checks (NaN, ranges) run only
-    when this is true, so they never break tracing.
-    """
-    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
-        return True
-    if isinstance(x, keras.KerasTensor):
-        return False
-    return is_concrete_tensor(x)
-
-
-def any_true(mask):
-    """``bool(ops.any(mask))`` for a concrete boolean tensor (one scalar host transfer)."""
-    return bool(ops.convert_to_numpy(ops.any(mask)))
 
 
 @keras.saving.register_keras_serializable(package="keras_retinanet")

@@ -23,3 +23,10 @@ def spatial_axes(data_format):
 def channel_axis(data_format):
     """Channel axis of a 4-D tensor in ``data_format`` (``-1`` or ``1``)."""
     return -1 if data_format == "channels_last" else 1
+
+
+def with_channels(shape, channels, data_format):
+    """``shape`` (a 4-D map shape) with its channel axis set to ``channels``."""
+    shape = list(shape)
+    shape[channel_axis(data_format)] = channels
+    return tuple(shape)

@@ -5,7 +5,8 @@ import math
 import keras
 from keras import ops
 
-from keras_retinanet.label_encoder import IGNORE, any_true, is_concrete
+from keras_retinanet.label_encoder import IGNORE
+from keras_retinanet.validation import any_true, is_concrete, positive_int
 
 
 def _sigmoid_cross_entropy(labels, logits):
@@ -57,8 +58,7 @@ class RetinaNetLoss(keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(reduction=reduction, name=name, **kwargs)
-        if int(num_classes) != num_classes or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        num_classes = positive_int(num_classes, "num_classes")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         # Written so that NaN fails every comparison.

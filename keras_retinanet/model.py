@@ -1,19 +1,20 @@
 """The RetinaNet model: backbone -> feature pyramid -> shared heads (SPEC §1)."""
 
 import keras
-import numpy as np
 from keras import ops
 
+from keras_retinanet import fast
 from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.backbone import get_backbone
-from keras_retinanet.backends import prepare_layers
 from keras_retinanet.box_coding import BoxCoder
+from keras_retinanet.config import fast_paths_enabled
+from keras_retinanet.decoder import DecodePredictions, RetinaNetDetector
 from keras_retinanet.fpn import FeaturePyramid
-from keras_retinanet.graph_runner import call_releasing
 from keras_retinanet.heads import PredictionHead, prior_bias
-from keras_retinanet.label_encoder import LabelEncoder, any_true, is_concrete
-from keras_retinanet.layout import spatial_axes, standardize_data_format
+from keras_retinanet.label_encoder import LabelEncoder
+from keras_retinanet.layout import spatial_axes, standardize_data_format, with_channels
 from keras_retinanet.losses import RetinaNetLoss
+from keras_retinanet.validation import check_image_shape, positive_int, validate_images
 
 
 @keras.saving.register_keras_serializable(package="keras_retinanet")
@@ -36,8 +37,19 @@ class RetinaNet(keras.Model):
         data_format: layout of the input images and of every feature map:
             ``"channels_last"`` (``[N, H, W, 3]``) or ``"channels_first"`` (``[N, 3, H, W]``);
             ``None`` takes ``keras.config.image_data_format()`` (channels_last unless set).
-            Outputs, weights and detections are the same in both; channels_first is faster
-            with PyTorch, whose convolutions are NCHW natively.
+            Outputs, weights and detections are the same in both.
+        positive_threshold, negative_threshold: the label encoder's anchor matching: IoU
+            ``>= positive_threshold`` is a positive, ``< negative_threshold`` background, in
+            between ignored (0.5 / 0.4, the paper's and keras.io's).
+        fast_paths: ``None`` (default) follows :mod:`keras_retinanet.config` (on unless
+            ``KERAS_RETINANET_FAST_PATHS=0`` or ``config.set_fast_paths(False)``); ``True`` or
+            ``False`` decides for this model. Fast paths (:mod:`keras_retinanet.fast`) give
+            the layers this library built faster per-backend methods on the CPU, with the same
+            weights and results; off, every layer is plain Keras.
+        fast_user_backbone: ``False`` (default) leaves a ``keras.Model`` passed as
+            ``backbone`` exactly as it is: no method replaced, no variable re-laid. ``True``
+            lets the fast paths change that model's layers too (they then run faster, and
+            the change is visible to every other user of those layers).
 
     Training: ``compile()`` defaults the loss to ``RetinaNetLoss(num_classes)``; ``fit`` takes
     ``y = {"boxes": [N, M, 4] xyxy input pixels, "classes": [N, M] (-1 = padding)}``, encoded
@@ -77,13 +89,25 @@ class RetinaNet(keras.Model):
         prior_probability=0.01,
         box_coder=None,
         data_format=None,
+        positive_threshold=0.5,
+        negative_threshold=0.4,
+        fast_paths=None,
+        fast_user_backbone=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.data_format = standardize_data_format(data_format)
-        if int(num_classes) != num_classes or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        self.num_classes = int(num_classes)
+        self.num_classes = positive_int(num_classes, "num_classes")
+        if fast_paths not in (None, True, False) or fast_user_backbone not in (True, False):
+            raise ValueError(
+                "fast_paths must be None, True or False and fast_user_backbone True or False, "
+                f"got {fast_paths!r} and {fast_user_backbone!r}"
+            )
+        self.fast_paths = fast_paths
+        self.fast_user_backbone = bool(fast_user_backbone)
+        # A backbone built here (from a name, or by from_config) belongs to the model; one
+        # passed in belongs to the user and is never changed without fast_user_backbone.
+        self._owns_backbone = isinstance(backbone, str)
         self.backbone = get_backbone(
             backbone, weights=backbone_weights, data_format=self.data_format
         )
@@ -93,7 +117,10 @@ class RetinaNet(keras.Model):
         self.prior_probability = float(prior_probability)
         self.box_coder = box_coder or BoxCoder()
         self.label_encoder = LabelEncoder(
-            anchor_generator=self.anchor_generator, box_coder=self.box_coder
+            anchor_generator=self.anchor_generator,
+            box_coder=self.box_coder,
+            positive_threshold=positive_threshold,
+            negative_threshold=negative_threshold,
         )
         k = self.anchor_generator.num_anchors_per_location
         self.fpn = FeaturePyramid(
@@ -123,21 +150,36 @@ class RetinaNet(keras.Model):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        _check_image_shape(input_shape, self.data_format)
+        check_image_shape(input_shape, self.data_format)
         feature_shapes = [tuple(s) for s in self.backbone.compute_output_shape(input_shape)]
         self.fpn.build(feature_shapes)
-        level_shape = (input_shape[0], None, None, self.fpn_filters)
-        if self.data_format == "channels_first":
-            level_shape = (input_shape[0], self.fpn_filters, None, None)
+        level_shape = with_channels(
+            (input_shape[0], None, None, None), self.fpn_filters, self.data_format
+        )
         self.cls_head.build(level_shape)
         self.box_head.build(level_shape)
-        prepare_layers(self)  # backend-specific fast paths, same outputs
+        self.fast_paths_applied = {}
+        if fast_paths_enabled() if self.fast_paths is None else self.fast_paths:
+            user_backbone = not (self._owns_backbone or self.fast_user_backbone)
+            exclude = (self.backbone,) if user_backbone else ()
+            self.fast_paths_applied = fast.apply_fast_paths(self, exclude=exclude)
+        self._check_layout_runs()
         self.built = True
+
+    def _check_layout_runs(self):
+        """``ValueError`` when channels_first convolutions would reach TensorFlow's CPU kernels,
+        which are NHWC only (the NHWC fast path was off or not given to a user's backbone)."""
+        if fast.channels_first_needs_fast_paths(self):
+            raise ValueError(
+                "data_format='channels_first' convolutions cannot run on TensorFlow's CPU "
+                "kernels (NHWC only): use data_format='channels_last', or let the fast paths "
+                "compute them in NHWC (fast_paths on, and fast_user_backbone=True for a "
+                "backbone of your own)"
+            )
 
     def call(self, images, training=False):
         validate_images(images, self.data_format)
-        # Eager backends would otherwise hold every backbone activation until it returns.
-        features = call_releasing(self.backbone, images, training=training)
+        features = self.backbone(images, training=training)
         batch = ops.shape(images)[0]
         box_outputs, cls_outputs = [], []
         for feature in self.fpn(features, training=training):
@@ -179,8 +221,6 @@ class RetinaNet(keras.Model):
         ``decoder_kwargs`` go to ``DecodePredictions`` (``confidence_threshold``,
         ``nms_iou_threshold``, ``max_detections_per_class``, ``max_detections``).
         """
-        from keras_retinanet.decoder import DecodePredictions, RetinaNetDetector
-
         decoder = DecodePredictions(
             num_classes=self.num_classes,
             anchor_generator=self.anchor_generator,
@@ -221,6 +261,10 @@ class RetinaNet(keras.Model):
                 "prior_probability": self.prior_probability,
                 "box_coder": keras.saving.serialize_keras_object(self.box_coder),
                 "data_format": self.data_format,
+                "positive_threshold": self.label_encoder.positive_threshold,
+                "negative_threshold": self.label_encoder.negative_threshold,
+                "fast_paths": self.fast_paths,
+                "fast_user_backbone": self.fast_user_backbone,
             }
         )
         return config
@@ -232,55 +276,6 @@ class RetinaNet(keras.Model):
         for key in ("anchor_generator", "box_coder"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
-
-
-def _check_image_shape(shape, data_format="channels_last"):
-    """``ValueError`` unless the static ``shape`` can be ``[N >= 1, H >= 1, W >= 1, 3]``
-    (``[N, 3, H, W]`` when ``data_format`` is channels_first)."""
-    if shape is None:  # unknown rank while tracing: nothing to check
-        return
-    # Unknown or symbolic sizes (a jax.export dimension while tracing) are not checked.
-    shape = tuple(int(d) if isinstance(d, int | np.integer) else None for d in shape)
-    last = data_format == "channels_last"
-    layout = "[batch, height, width, 3]" if last else "[batch, 3, height, width] (channels_first)"
-    if len(shape) != 4:
-        raise ValueError(f"images must have rank 4 {layout}, got shape {shape}")
-    channels = shape[-1] if last else shape[1]
-    if channels is not None and channels != 3:
-        raise ValueError(
-            f"images must have 3 channels (RGB) in the {'last' if last else 'second'} axis "
-            f"for data_format={data_format!r}, got shape {shape}"
-        )
-    if shape[0] == 0:
-        raise ValueError(f"images must hold at least one image, got an empty batch {shape}")
-    h_axis, w_axis = spatial_axes(data_format)
-    for dim, name in ((shape[h_axis], "height"), (shape[w_axis], "width")):
-        if dim is not None and dim < 1:
-            raise ValueError(f"images must have a positive {name}, got shape {shape}")
-
-
-def validate_images(images, data_format="channels_last"):
-    """``ValueError`` unless ``images`` can be a ``[N, H, W, 3]`` input of ``RetinaNet``
-    (``[N, 3, H, W]`` for ``data_format="channels_first"``).
-
-    The static shape is always checked; the values (NaN/Inf) only when concrete: a NumPy array
-    (checked on the host) or an eager tensor, never while tracing.
-    """
-    try:
-        shape = tuple(images.shape)
-    except ValueError:  # a TensorFlow shape of unknown rank
-        shape = None
-    _check_image_shape(shape, data_format)
-    if isinstance(images, np.ndarray):  # e.g. all of predict(x): stays on the host
-        bad = images.dtype.kind in "fc" and not np.isfinite(images).all()
-    elif is_concrete(images):
-        values = ops.convert_to_tensor(images)
-        bad = "float" in str(values.dtype) and any_true(ops.logical_not(ops.isfinite(values)))
-    else:
-        bad = False
-    if bad:
-        raise ValueError(
-            "images contain NaN or Inf values; RetinaNet expects finite preprocessed pixels "
-            "(check the image loading and normalisation)"
-        )
+        model = cls(**config)
+        model._owns_backbone = True  # made by deserialization: no one else holds it
+        return model

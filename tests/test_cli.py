@@ -1,5 +1,6 @@
 """The command line end to end (tiny sizes) and its error messages."""
 
+import inspect
 import json
 import os
 
@@ -179,20 +180,24 @@ def test_output_that_is_a_file_is_refused_even_with_overwrite(tmp_path, capsys):
 def test_demo_reuses_its_default_output_but_not_a_named_one(tmp_path, monkeypatch, capsys):
     """The README's ``python -m keras_retinanet demo`` runs twice in a row; the training is
     replaced by a stub here (the end-to-end test above runs the real one)."""
-    from keras_retinanet import cli
+    from keras_retinanet.cli import demo
 
     outputs = []
 
-    def fake_train(args):
-        assert args.overwrite  # the demo's own folder already holds the dataset
-        outputs.append(args.output)
-        os.makedirs(args.output, exist_ok=True)
-        (tmp_path / args.output / "model.keras").write_text("stub")
+    def fake_train(**options):
+        assert options["overwrite"]  # the demo's own folder already holds the dataset
+        outputs.append(options["output"])
+        os.makedirs(options["output"], exist_ok=True)
+        (tmp_path / options["output"] / "model.keras").write_text("stub")
         return None, {}
 
-    monkeypatch.setattr(cli, "train", fake_train)
-    monkeypatch.setattr(cli, "_evaluate", lambda *a: ({"AP": 0.0, "AP75": 0.0, "AP50": 0.5}, []))
-    monkeypatch.setattr(cli, "_draw", lambda model, run, records, output, *a: ([output], []))
+    monkeypatch.setattr(demo, "run_training", fake_train)
+    monkeypatch.setattr(
+        demo, "evaluate_model", lambda *a: ({"AP": 0.0, "AP75": 0.0, "AP50": 0.5}, [])
+    )
+    monkeypatch.setattr(
+        demo, "draw_predictions", lambda model, run, records, output, *a: ([output], [])
+    )
     monkeypatch.chdir(tmp_path)
     argv = ["demo", "--epochs", "1", "--num-train", "2", "--num-val", "1", "--verbose", "0"]
     assert main(argv) == 0
@@ -214,3 +219,51 @@ def test_training_commands_keep_freed_memory_and_others_do_not(tmp_path, memory_
     assert memory_calls == [True]
     assert main(["shapes", "--output", str(tmp_path / "s"), "--num-train", "1"]) == 0
     assert memory_calls == [True]
+
+
+def test_train_and_demo_go_through_the_same_training_function(tmp_path, monkeypatch, capsys):
+    """``train`` hands all its flags to :func:`run_training` (whose defaults are the flags'),
+    and the demo calls that same function with its own settings; training is a stub here."""
+    from keras_retinanet.cli import demo, train
+
+    assert demo.run_training is train.run_training is cli.run_training
+    signature = inspect.signature(cli.run_training).parameters.values()
+    defaults = {p.name: p.default for p in signature if p.default is not p.empty}
+    calls = []
+
+    def fake_train(**options):
+        calls.append(options)
+        return None, {}
+
+    monkeypatch.setattr(train, "run_training", fake_train)
+    monkeypatch.setattr(demo, "run_training", fake_train)
+    monkeypatch.setattr(
+        demo, "evaluate_model", lambda *a: ({"AP": 0.0, "AP75": 0.0, "AP50": 0.5}, [])
+    )
+    monkeypatch.setattr(
+        demo, "draw_predictions", lambda model, run, records, output, *a: ([output], [])
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--train-annotations", "a.json", "--train-images", "images"]) == 0
+    assert calls[0] == {
+        **defaults,
+        "train_annotations": "a.json",
+        "train_images": "images",
+        "output": "runs/train",
+    }
+    argv = ["demo", "--epochs", "3", "--num-train", "2", "--num-val", "1", "--seed", "7"]
+    assert main([*argv, "--verbose", "0"]) == 0
+    options = calls[1]
+    assert os.path.isfile(options.pop("train_annotations"))
+    assert os.path.isdir(options.pop("train_images"))
+    assert options == {
+        **defaults,
+        "output": cli.DEMO_OUTPUT,
+        "overwrite": True,
+        "epochs": 3,
+        "seed": 7,
+        "eval_every": 1,
+        "verbose": 0,
+    }
+    assert len(calls) == 2
+    capsys.readouterr()

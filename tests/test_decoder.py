@@ -46,9 +46,10 @@ def test_decoder_matches_numpy_decode_and_reference_nms(rng):
 def test_detector_predict_returns_fixed_size_detections():
     model = RetinaNet(num_classes=3, backbone=tiny_backbone(), fpn_filters=8, head_convs=1)
     detector = model.make_detector(confidence_threshold=0.005, max_detections=20)
-    out = detector.predict(np.zeros((3, 64, 96, 3), "float32"), batch_size=2, verbose=0)
-    assert out["boxes"].shape == (3, 20, 4) and out["scores"].shape == (3, 20)
-    assert out["classes"].dtype == np.int32 and out["num_detections"].shape == (3,)
+    # Two batches of one image: predict concatenates the fixed-size outputs of each batch.
+    out = detector.predict(np.zeros((2, 64, 96, 3), "float32"), batch_size=1, verbose=0)
+    assert out["boxes"].shape == (2, 20, 4) and out["scores"].shape == (2, 20)
+    assert out["classes"].dtype == np.int32 and out["num_detections"].shape == (2,)
     # A fresh head predicts the 0.01 prior everywhere: all above 0.005, so 20 kept.
     assert (out["num_detections"] == 20).all()
 
@@ -57,11 +58,12 @@ def test_detector_round_trips_through_keras_file(tmp_path):
     model = RetinaNet(num_classes=2, backbone=tiny_backbone(), fpn_filters=8, head_convs=1)
     detector = model.make_detector(confidence_threshold=0.0, max_detections=7)
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
-    expected = detector.predict(x, verbose=0)
+    expected = {k: ops.convert_to_numpy(v) for k, v in detector(x).items()}
     detector.save(tmp_path / "detector.keras")
     loaded = keras.saving.load_model(tmp_path / "detector.keras")
-    got = loaded.predict(x, verbose=0)
+    got = {k: ops.convert_to_numpy(v) for k, v in loaded(x).items()}
     assert loaded.decoder.max_detections == 7
+    assert got["scores"].shape == (1, 7) and int(got["num_detections"][0]) == 7
     np.testing.assert_allclose(got["scores"], expected["scores"], atol=1e-6)
 
 

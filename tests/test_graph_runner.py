@@ -9,7 +9,7 @@ import pytest
 
 from keras_retinanet import RetinaNet
 from keras_retinanet.backbone import compact_backbone, resnet50_backbone
-from keras_retinanet.graph_runner import DIRECT_CALL_TYPES, call_releasing
+from keras_retinanet.fast.graph_runner import DIRECT_CALL_TYPES, call_releasing
 
 
 def _numpy(tree):
@@ -173,7 +173,7 @@ def test_mixed_precision_and_other_dtypes_go_through_layer_call(monkeypatch):
 
 
 def test_retinanet_direct_inference_matches_layer_calls(monkeypatch):
-    from keras_retinanet import graph_runner
+    from keras_retinanet.fast import graph_runner
 
     keras.utils.set_random_seed(2)
     model = RetinaNet(num_classes=3, backbone="compact")
@@ -211,9 +211,9 @@ def _donation_model():
 
 
 def _donated_flags(model):
-    from keras_retinanet.graph_runner import _plan_for
+    from keras_retinanet.fast.graph_runner import plan_for
 
-    plan = _plan_for(model)
+    plan = plan_for(model)
     return {
         node.operation.name: flags
         for node, flags in zip(plan.nodes, plan.donate, strict=True)
@@ -258,7 +258,7 @@ def test_resnet50_donates_to_every_batch_norm_relu_and_residual_add():
 def test_torch_inference_writes_in_place_only_without_autograd(monkeypatch):
     import torch
 
-    from keras_retinanet.backends import _torch
+    from keras_retinanet.fast import _torch
 
     keras.utils.set_random_seed(3)
     backbone = resnet50_backbone(input_shape=(32, 32, 3))
@@ -293,7 +293,7 @@ def test_torch_inference_writes_in_place_only_without_autograd(monkeypatch):
 def test_torch_in_place_add_keeps_broadcasting_and_summation_order():
     import torch
 
-    from keras_retinanet.backends._torch import _add_donated
+    from keras_retinanet.fast._torch import _add_donated
 
     rng = np.random.default_rng(0)
     a, b, c = (torch.as_tensor(rng.normal(size=(2, 3, 4)), dtype=torch.float32) for _ in "abc")

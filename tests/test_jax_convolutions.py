@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_retinanet import RetinaNet
+from keras_retinanet._keras_internals import sublayers
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="the convolution rewrite is a JAX concern"
@@ -29,7 +30,7 @@ CASES = [
 
 
 def _layer_pair(kernel, strides, padding, out_channels, data_format, input_shape):
-    from keras_retinanet.backends._jax import use_fast_convolutions
+    from keras_retinanet.fast._jax_convolution import use_fast_convolutions
 
     keras_conv = keras.layers.Conv2D(
         out_channels, kernel, strides=strides, padding=padding, data_format=data_format
@@ -77,22 +78,18 @@ def test_outputs_and_gradients_match_keras_convolution(
 
 
 def test_every_plain_conv_of_retinanet_is_rewritten():
-    from keras_retinanet.backends._jax import _FastConvolution
+    from keras_retinanet.fast._jax_convolution import _FastConvolution
 
     keras.utils.set_random_seed(0)
     model = RetinaNet(num_classes=3, backbone="resnet50")
     model.build((1, 64, 64, 3))
-    convs = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.Conv2D)
-    ]
+    convs = [layer for layer in sublayers(model) if isinstance(layer, keras.layers.Conv2D)]
     assert len(convs) == 53 + 8 + 10  # ResNet50, pyramid, two heads of 5
     assert all(isinstance(vars(c).get("convolution_op"), _FastConvolution) for c in convs)
 
 
 def test_dilated_grouped_and_custom_convolutions_are_left_alone():
-    from keras_retinanet.backends._jax import use_fast_convolutions
+    from keras_retinanet.fast._jax_convolution import use_fast_convolutions
 
     class OwnConvolution(keras.layers.Conv2D):
         def convolution_op(self, inputs, kernel):
@@ -119,7 +116,7 @@ def test_model_outputs_and_a_train_step_match_keras_convolution(data_format, tmp
     reference = RetinaNet.from_config(model.get_config())
     reference.build(shape)
     reference.set_weights(model.get_weights())
-    for layer in reference._flatten_layers(include_self=False, recursive=True):
+    for layer in sublayers(reference):
         vars(layer).pop("convolution_op", None)  # back to Keras' convolution
 
     x = np.random.default_rng(1).normal(0, 50, shape).astype("float32")
@@ -138,7 +135,7 @@ def test_model_outputs_and_a_train_step_match_keras_convolution(data_format, tmp
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert any("convolution_op" in vars(layer) for layer in loaded._flatten_layers())
+    assert any("convolution_op" in vars(layer) for layer in sublayers(loaded))
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
 
 
@@ -170,7 +167,7 @@ def test_kernel_gradient_on_cpu_is_tap_products_not_a_convolution(cin, products)
     import jax
     import jax.numpy as jnp
 
-    from keras_retinanet.backends._jax import ROW_AT_ONCE_BELOW_CHANNELS
+    from keras_retinanet.fast._jax_convolution import ROW_AT_ONCE_BELOW_CHANNELS
 
     if jax.default_backend() != "cpu":
         pytest.skip("the tap products are used on CPU only")

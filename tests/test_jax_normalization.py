@@ -5,13 +5,15 @@ import keras
 import numpy as np
 import pytest
 
+from keras_retinanet._keras_internals import sublayers
+
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="the batch-norm rewrite is a JAX concern"
 )
 
 
 def _pair(shape, **kwargs):
-    from keras_retinanet.backends._jax_normalization import use_fast_batch_normalization
+    from keras_retinanet.fast._jax_normalization import use_fast_batch_normalization
 
     keras_bn = keras.layers.BatchNormalization(**kwargs)
     keras_bn.build(shape)
@@ -80,7 +82,7 @@ def test_statistics_gradients_and_vmap():
     import jax
     import jax.numpy as jnp
 
-    from keras_retinanet.backends._jax_normalization import normalize_batch
+    from keras_retinanet.fast._jax_normalization import normalize_batch
 
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(1.0, 3.0, (2, 4, 4, 5)).astype("float32"))
@@ -135,7 +137,7 @@ def test_mixed_precision_matches_keras():
 
 def test_retinanet_layers_are_replaced_once_and_subclasses_are_left_alone():
     from keras_retinanet import RetinaNet
-    from keras_retinanet.backends._jax_normalization import (
+    from keras_retinanet.fast._jax_normalization import (
         _FastBatchNormalization,
         use_fast_batch_normalization,
     )
@@ -143,9 +145,7 @@ def test_retinanet_layers_are_replaced_once_and_subclasses_are_left_alone():
     model = RetinaNet(num_classes=3, backbone="resnet50")
     model.build((1, 64, 64, 3))
     norms = [
-        layer
-        for layer in model._flatten_layers(recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
+        layer for layer in sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)
     ]
     assert len(norms) == 53
     assert all(isinstance(vars(n).get("call"), _FastBatchNormalization) for n in norms)

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 
+from keras_retinanet._keras_internals import sublayers
+
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="the pooling rewrite is a JAX concern"
 )
@@ -23,7 +25,7 @@ CASES = [
 
 
 def _pair(pool_size, strides, padding, data_format, shape):
-    from keras_retinanet.backends._jax_pooling import use_fast_max_pooling
+    from keras_retinanet.fast._jax_pooling import use_fast_max_pooling
 
     keras_pool = keras.layers.MaxPooling2D(
         pool_size, strides=strides, padding=padding, data_format=data_format
@@ -123,15 +125,11 @@ def test_nan_propagates_like_keras():
 
 def test_retinanet_pools_are_replaced_once_and_subclasses_are_left_alone():
     from keras_retinanet import RetinaNet
-    from keras_retinanet.backends._jax_pooling import _FastMaxPooling, use_fast_max_pooling
+    from keras_retinanet.fast._jax_pooling import _FastMaxPooling, use_fast_max_pooling
 
     model = RetinaNet(num_classes=3, backbone="resnet50")
     model.build((1, 64, 64, 3))
-    pools = [
-        layer
-        for layer in model._flatten_layers(recursive=True)
-        if isinstance(layer, keras.layers.MaxPooling2D)
-    ]
+    pools = [layer for layer in sublayers(model) if isinstance(layer, keras.layers.MaxPooling2D)]
     assert pools and all(isinstance(vars(p).get("call"), _FastMaxPooling) for p in pools)
     assert use_fast_max_pooling(model) == len(pools)  # again: a fresh op each, no stacking
 

@@ -25,7 +25,8 @@ def _images(shape, seed=0):
 
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 def test_every_conv_kernel_is_stored_in_torch_order(data_format):
-    from keras_retinanet.backends._torch import _conv2d_layers, kernel_is_torch_ordered
+    from keras_retinanet.fast._layers import plain_conv2d_layers as _conv2d_layers
+    from keras_retinanet.fast._torch import kernel_is_torch_ordered
 
     model, _ = _model(data_format)
     layers = list(_conv2d_layers(model))
@@ -38,7 +39,7 @@ def test_every_conv_kernel_is_stored_in_torch_order(data_format):
 
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 def test_outputs_are_bit_identical_to_hwio_storage(data_format):
-    from keras_retinanet.backends._torch import _conv2d_layers
+    from keras_retinanet.fast._layers import plain_conv2d_layers as _conv2d_layers
 
     model, shape = _model(data_format)
     x = _images(shape)
@@ -50,11 +51,8 @@ def test_outputs_are_bit_identical_to_hwio_storage(data_format):
 
 
 def test_values_survive_store_save_load_and_training(tmp_path):
-    from keras_retinanet.backends._torch import (
-        _conv2d_layers,
-        kernel_is_torch_ordered,
-        store_kernels_for_torch,
-    )
+    from keras_retinanet.fast._layers import plain_conv2d_layers as _conv2d_layers
+    from keras_retinanet.fast._torch import kernel_is_torch_ordered, store_kernels_for_torch
 
     model, shape = _model("channels_first")
     before = [keras.ops.convert_to_numpy(w) for w in model.weights]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_retinanet import RetinaNet
+from keras_retinanet._keras_internals import sublayers
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "torch", reason="PyTorch's own convolution and inference path"
@@ -37,7 +38,7 @@ def _to_layout(x, data_format):
 
 
 def _conv(kernel_size, strides, padding, fast, data_format="channels_last"):
-    from keras_retinanet.backends._torch import use_torch_convolutions
+    from keras_retinanet.fast._torch import use_torch_convolutions
 
     keras.utils.set_random_seed(3)
     layer = keras.layers.Conv2D(
@@ -90,7 +91,7 @@ def test_non_contiguous_input_gives_the_same_outputs():
 
 
 def test_only_plain_undilated_ungrouped_layers_change():
-    from keras_retinanet.backends._torch import (
+    from keras_retinanet.fast._torch import (
         _Convolution,
         use_torch_convolutions,
     )
@@ -111,7 +112,7 @@ def test_only_plain_undilated_ungrouped_layers_change():
 
 
 def _model(fast, seed=0, data_format="channels_last"):
-    from keras_retinanet.backends import _torch
+    from keras_retinanet.fast import _torch
 
     keras.utils.set_random_seed(seed)
     model = RetinaNet(num_classes=3, backbone="compact", data_format=data_format)
@@ -131,13 +132,13 @@ def _model(fast, seed=0, data_format="channels_last"):
 
 @pytest.mark.parametrize("data_format", LAYOUTS)
 def test_retinanet_outputs_training_and_keras_file_match_keras_convolutions(tmp_path, data_format):
-    from keras_retinanet.backends._torch import _Convolution
+    from keras_retinanet.fast._torch import _Convolution
 
     fast, plain = _model(True, data_format=data_format), _model(False, data_format=data_format)
-    layers = [layer for layer in fast._flatten_layers() if isinstance(layer, keras.layers.Conv2D)]
+    layers = [layer for layer in sublayers(fast) if isinstance(layer, keras.layers.Conv2D)]
     assert len(layers) > 20
     assert all(isinstance(vars(la).get("convolution_op"), _Convolution) for la in layers)
-    assert not any("convolution_op" in vars(layer) for layer in plain._flatten_layers())
+    assert not any("convolution_op" in vars(layer) for layer in sublayers(plain))
 
     x = _to_layout(np.random.default_rng(2).normal(0, 50, (2, 64, 64, 3)), data_format)
     x = x.astype("float32")
@@ -157,8 +158,7 @@ def test_retinanet_outputs_training_and_keras_file_match_keras_convolutions(tmp_
     fast.save(path)
     loaded = keras.saving.load_model(path)
     assert any(
-        isinstance(vars(layer).get("convolution_op"), _Convolution)
-        for layer in loaded._flatten_layers()
+        isinstance(vars(layer).get("convolution_op"), _Convolution) for layer in sublayers(loaded)
     )
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(fast(x))
@@ -194,9 +194,9 @@ def _inference_layers():
             values = rng.uniform(0.5, 1.5, variable.shape).astype("float32")
             variable.assign(values)
         if isinstance(layer, keras.layers.Conv2D):
-            from keras_retinanet.backends import prepare_layers
+            from keras_retinanet.fast import apply_fast_paths
 
-            prepare_layers(layer)
+            apply_fast_paths(layer)
         built.append((layer, shape))
     return built
 
@@ -204,7 +204,7 @@ def _inference_layers():
 def test_inference_functions_are_bit_identical_to_layer_call():
     import torch
 
-    from keras_retinanet.backends import inference_function
+    from keras_retinanet.fast._torch import inference_function
 
     layers = _inference_layers()
     assert len(layers) == 11
@@ -220,8 +220,7 @@ def test_inference_functions_are_bit_identical_to_layer_call():
 
 
 def test_inference_functions_cover_only_what_they_rewrite():
-    from keras_retinanet.backends import inference_function
-    from keras_retinanet.backends._torch import use_torch_convolutions
+    from keras_retinanet.fast._torch import inference_function, use_torch_convolutions
 
     keras_conv = keras.layers.Conv2D(4, 3)  # Keras' convolution, not this package's
     keras_conv.build((1, 8, 8, 3))
@@ -239,10 +238,12 @@ def test_inference_functions_cover_only_what_they_rewrite():
 
 def test_direct_inference_gradients_match_layer_calls(monkeypatch):
     """``model(x, training=False)`` outside ``torch.no_grad`` (saliency, attacks): the in-place
-    bias and normalisation steps keep autograd's input gradients identical."""
+    bias and normalisation steps keep the outputs identical and autograd's input gradients
+    equal up to float rounding (torch's CPU convolution backward is not bit-reproducible from
+    one call to the next, whichever path runs)."""
     import torch
 
-    from keras_retinanet import graph_runner
+    from keras_retinanet.fast import graph_runner
 
     keras.utils.set_random_seed(4)
     model = RetinaNet(num_classes=3, backbone="resnet50")
@@ -259,4 +260,6 @@ def test_direct_inference_gradients_match_layer_calls(monkeypatch):
     monkeypatch.setattr(graph_runner, "_eager_inference", lambda inputs, training: False)
     plain_y, plain_grad = input_gradient()
     np.testing.assert_array_equal(direct_y, plain_y)
-    np.testing.assert_array_equal(direct_grad, plain_grad)
+    scale = float(np.abs(plain_grad).max())
+    assert scale > 0
+    np.testing.assert_allclose(direct_grad, plain_grad, rtol=1e-4, atol=1e-5 * scale)

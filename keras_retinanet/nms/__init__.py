@@ -3,7 +3,8 @@ every Keras backend.
 
 The function dispatches on ``keras.backend.backend()`` to ``_tensorflow`` (the native op),
 ``_jax`` or ``_torch`` (exact pure implementations that run where the tensors are), importing
-only that module. ``reference.combined_non_max_suppression_reference`` is the plain NumPy
+only that module; the arguments are checked once, here, and each module's ``run`` takes them
+checked. ``reference.combined_non_max_suppression_reference`` is the plain NumPy
 definition of the semantics (also used for the ``numpy`` backend).
 """
 
@@ -11,6 +12,7 @@ import importlib
 
 import keras
 
+from keras_retinanet.nms import reference
 from keras_retinanet.nms._validation import validate_arguments
 from keras_retinanet.nms.reference import combined_non_max_suppression_reference
 
@@ -72,10 +74,8 @@ def combined_non_max_suppression(
         score_threshold,
     )
     if backend == "numpy":
-        return combined_non_max_suppression_reference(
-            boxes, scores, *args, pad_per_class, clip_boxes
-        )
+        return reference.run(boxes, scores, *args, pad_per_class, clip_boxes)
     if backend not in _MODULES:
         raise NotImplementedError(f"combined_non_max_suppression has no {backend!r} version")
     module = importlib.import_module(_MODULES[backend])
-    return module.combined_non_max_suppression(boxes, scores, *args, pad_per_class, clip_boxes)
+    return module.run(boxes, scores, *args, pad_per_class, clip_boxes)

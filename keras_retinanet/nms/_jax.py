@@ -358,6 +358,37 @@ def combined_non_max_suppression(
         iou_threshold,
         score_threshold,
     )
+    return run(
+        boxes,
+        scores,
+        per_class,
+        total,
+        iou_threshold,
+        score_threshold,
+        pad_per_class,
+        clip_boxes,
+        block_size=block_size,
+    )
+
+
+def run(
+    boxes,
+    scores,
+    per_class,
+    total,
+    iou_threshold,
+    score_threshold,
+    pad_per_class,
+    clip_boxes,
+    *,
+    block_size=None,
+):
+    """:func:`combined_non_max_suppression` on arguments already checked by
+    ``validate_arguments`` (sizes as ``int``, thresholds as ``float`` or traced)."""
+    host = not isinstance(boxes, jax.Array) and not isinstance(scores, jax.Array)
+    xp = np if host else jnp
+    boxes = xp.asarray(boxes, xp.float32)
+    scores = xp.asarray(scores, xp.float32)
     block = int(BLOCK_SIZE if block_size is None else block_size)
     if block <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")

@@ -41,6 +41,32 @@ def combined_non_max_suppression(
         iou_threshold,
         score_threshold,
     )
+    return run(
+        boxes,
+        scores,
+        per_class,
+        total,
+        iou_threshold,
+        score_threshold,
+        pad_per_class,
+        clip_boxes,
+    )
+
+
+def run(
+    boxes,
+    scores,
+    per_class,
+    total,
+    iou_threshold,
+    score_threshold,
+    pad_per_class,
+    clip_boxes,
+):
+    """:func:`combined_non_max_suppression` on arguments already checked by
+    ``validate_arguments`` (sizes as ``int``, thresholds as ``float`` or traced)."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
     return tf.image.combined_non_max_suppression(
         boxes,
         scores,

@@ -300,6 +300,35 @@ def combined_non_max_suppression(
         iou_threshold,
         score_threshold,
     )
+    return run(
+        boxes,
+        scores,
+        per_class,
+        total,
+        iou_threshold,
+        score_threshold,
+        pad_per_class,
+        clip_boxes,
+        block_size=block_size,
+    )
+
+
+def run(
+    boxes,
+    scores,
+    per_class,
+    total,
+    iou_threshold,
+    score_threshold,
+    pad_per_class,
+    clip_boxes,
+    *,
+    block_size=None,
+):
+    """:func:`combined_non_max_suppression` on arguments already checked by
+    ``validate_arguments`` (sizes as ``int``, thresholds as ``float`` or traced)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
     block = int(BLOCK_SIZE if block_size is None else block_size)
     if block <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")

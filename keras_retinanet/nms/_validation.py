@@ -6,18 +6,7 @@ and Python scalars, before any computation, and raise ``ValueError`` naming the 
 
 import operator
 
-
-def _dims(shape):
-    """A static shape as a tuple of ``int`` or ``None`` (unknown)."""
-    if shape is None:
-        return None
-    dims = []
-    for dim in tuple(shape):
-        try:
-            dims.append(None if dim is None else int(dim))
-        except Exception:  # symbolic sizes (e.g. jax.export dimensions) are unknown here
-            dims.append(None)
-    return tuple(dims)
+from keras_retinanet.validation import static_dims
 
 
 def _known_and_different(a, b):
@@ -71,8 +60,8 @@ def validate_arguments(
     Raises:
         ValueError: naming the offending argument.
     """
-    boxes_dims = _dims(boxes_shape)
-    scores_dims = _dims(scores_shape)
+    boxes_dims = static_dims(boxes_shape)
+    scores_dims = static_dims(scores_shape)
     if boxes_dims is None or len(boxes_dims) != 4:
         raise ValueError(f"boxes must be 4-D [batch, num_boxes, q, 4], got shape {boxes_shape}")
     if _known_and_different(boxes_dims[3], 4):

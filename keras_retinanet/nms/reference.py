@@ -106,6 +106,32 @@ def combined_non_max_suppression_reference(
         iou_threshold,
         score_threshold,
     )
+    return run(
+        boxes,
+        scores,
+        per_class,
+        total,
+        iou_threshold,
+        score_threshold,
+        pad_per_class,
+        clip_boxes,
+    )
+
+
+def run(
+    boxes,
+    scores,
+    per_class,
+    total,
+    iou_threshold,
+    score_threshold,
+    pad_per_class,
+    clip_boxes,
+):
+    """:func:`combined_non_max_suppression` on arguments already checked by
+    ``validate_arguments`` (sizes as ``int``, thresholds as ``float`` or traced)."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
     iou_threshold = np.float32(iou_threshold)
     score_threshold = np.float32(score_threshold)
     batch, _, q, _ = boxes.shape

@@ -30,6 +30,8 @@ import weakref
 import jax
 import jax.numpy as jnp
 
+from keras_retinanet._keras_internals import batch_normalization_is_standard
+
 
 def _reduction_axes(ndim, axis):
     return tuple(a for a in range(ndim) if a != axis)
@@ -110,9 +112,11 @@ class _FastBatchNormalization:
 
     def __call__(self, inputs, training=None, mask=None):
         layer = self.layer()
-        if not (training and layer.trainable) or mask is not None or layer.renorm:
-            return self.keras_call(layer, inputs, training=training, mask=mask)
-        if getattr(layer, "synchronized", False):
+        if (
+            not (training and layer.trainable)
+            or mask is not None
+            or not batch_normalization_is_standard(layer)
+        ):
             return self.keras_call(layer, inputs, training=training, mask=mask)
         import keras
 
@@ -134,11 +138,11 @@ class _FastBatchNormalization:
         return jnp.asarray(outputs, dtype=layer.compute_dtype)
 
 
-def use_fast_batch_normalization(model):
-    """Gives every ``BatchNormalization`` layer of ``model`` (recursively; not subclasses with
-    their own ``call``) the training path above. Returns the number of layers changed."""
+def use_fast_batch_normalization(layers):
+    """Gives every ``BatchNormalization`` layer among ``layers`` (not subclasses with their
+    own ``call``) the training path above. Returns the number of layers changed."""
     import keras
 
-    from keras_retinanet.backends import set_layer_calls
+    from keras_retinanet.fast._layers import set_layer_calls
 
-    return set_layer_calls(model, keras.layers.BatchNormalization, _FastBatchNormalization)
+    return set_layer_calls(layers, keras.layers.BatchNormalization, _FastBatchNormalization)

@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from keras_retinanet.backends._jax import strided_window
+from keras_retinanet.fast._jax_convolution import strided_window
 
 
 def _spatial_axes(data_format):
@@ -108,8 +108,9 @@ def max_pool(inputs, pool_size, strides, padding, data_format):
 
 
 class _FastMaxPooling:
-    """Replacement ``call`` of one ``MaxPooling2D`` layer: :func:`max_pool` on CPU, Keras'
-    pooling elsewhere (GPU and TPU compilers have their own pooling gradients)."""
+    """Replacement ``call`` of one ``MaxPooling2D`` layer: :func:`max_pool` for 4-D inputs
+    (given only to layers of a model on the CPU: GPU and TPU compilers have their own pooling
+    gradients), Keras' pooling otherwise."""
 
     def __init__(self, layer):
         self.pool_size = tuple(int(k) for k in layer.pool_size)
@@ -119,16 +120,16 @@ class _FastMaxPooling:
         self.keras_call = type(layer).call.__get__(layer)
 
     def __call__(self, inputs):
-        if jax.default_backend() != "cpu" or len(inputs.shape) != 4:
+        if len(inputs.shape) != 4:
             return self.keras_call(inputs)
         return max_pool(inputs, self.pool_size, self.strides, self.padding, self.data_format)
 
 
-def use_fast_max_pooling(model):
-    """Gives every ``MaxPooling2D`` layer of ``model`` (recursively; not subclasses with their
-    own ``call``) the pooling above. Returns the number of layers changed."""
+def use_fast_max_pooling(layers):
+    """Gives every ``MaxPooling2D`` layer among ``layers`` (not subclasses with their own
+    ``call``) the pooling above. Returns the number of layers changed."""
     import keras
 
-    from keras_retinanet.backends import set_layer_calls
+    from keras_retinanet.fast._layers import set_layer_calls
 
-    return set_layer_calls(model, keras.layers.MaxPooling2D, _FastMaxPooling)
+    return set_layer_calls(layers, keras.layers.MaxPooling2D, _FastMaxPooling)

@@ -1,0 +1,124 @@
+"""Settings and input checks shared by the commands."""
+
+import argparse
+import json
+import os
+import sys
+
+#: Settings the demo uses (and ``train`` defaults to): a compact backbone and anchors one
+#: octave smaller than the paper's, sized for 128 x 128 images whose objects are 10-64 px.
+DEMO_IMAGE_SIZE = 128
+DEMO_ANCHOR_AREAS = (16.0**2, 32.0**2, 64.0**2, 128.0**2, 256.0**2)
+RUN_FILE = "run.json"
+#: Where ``demo`` writes when ``--output`` is not given; each demo run reuses it.
+DEMO_OUTPUT = os.path.join("runs", "demo")
+
+
+def fail(message):
+    """Exits with status 2 and a one-line message, argparse-style, without a traceback."""
+    print(f"keras-retinanet: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def require_file(path, what):
+    if path is None or not os.path.isfile(path):
+        fail(f"{what} {path!r} is not an existing file")
+
+
+def require_dir(path, what):
+    if path is None or not os.path.isdir(path):
+        fail(f"{what} {path!r} is not an existing directory")
+
+
+def check_output(path, overwrite):
+    """Exits (status 2) unless ``path`` is new, an empty folder, or ``overwrite`` is set."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"--output {path!r} exists and is not a directory")
+    if not overwrite and os.path.isdir(path) and os.listdir(path):
+        fail(
+            f"--output {path!r} already exists and is not empty; pass --overwrite to write "
+            "into it (files of the same name are replaced) or choose another --output"
+        )
+
+
+def first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_coco(annotations, images, flag):
+    """``CocoDataset`` whose every listed image file exists, or exit 2 naming ``flag``."""
+    from keras_retinanet.data import CocoDataset
+
+    try:
+        dataset = CocoDataset(annotations, images)
+    except (ValueError, OSError) as e:
+        fail(f"{flag}: {first_line(e)}")
+    missing = [r["file_name"] for r in dataset.records if not os.path.isfile(r["path"])]
+    if missing:
+        fail(
+            f"{flag} {annotations!r} lists {len(missing)} image(s) missing from {images!r}, "
+            f"e.g. {missing[0]!r}"
+        )
+    return dataset
+
+
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def sizes(run):
+    return {
+        "min_side": run["min_side"],
+        "max_side": run["max_side"],
+        "stride": run["stride"],
+        "image_size": tuple(run["image_size"]) if run.get("image_size") else None,
+    }
+
+
+def default_run():
+    size = DEMO_IMAGE_SIZE
+    return {"min_side": size, "max_side": size, "stride": 128, "image_size": [size, size]}
+
+
+def load_run(model_path):
+    """The model and the ``run.json`` written beside it by ``train``."""
+    import keras
+
+    import keras_retinanet  # noqa: F401  (registers the serializable classes)
+
+    require_file(model_path, "--model")
+    run_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), RUN_FILE)
+    run = {}
+    if os.path.isfile(run_path):
+        try:
+            with open(run_path) as f:
+                run = json.load(f)
+        except (ValueError, OSError) as e:
+            fail(f"{run_path!r} beside --model is not readable JSON: {first_line(e)}")
+        if not isinstance(run, dict):
+            fail(f"{run_path!r} beside --model must hold a JSON object")
+    try:
+        model = keras.saving.load_model(model_path)
+    except Exception as e:  # Keras reports a bad file as ValueError, BadZipFile, KeyError, ...
+        fail(f"--model {model_path!r} is not a loadable .keras model: {first_line(e)}")
+    return model, run
