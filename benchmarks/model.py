@@ -19,6 +19,8 @@ Every worker, peers included, first calls :func:`keras_retinanet.keep_freed_memo
 keeps freed blocks for reuse instead of returning them to the kernel each step), the setting
 ``python -m keras_retinanet train`` uses; ``--malloc default`` times glibc's defaults instead.
 
+Configurations named ``... plain`` run with ``KERAS_RETINANET_FAST_PATHS=0`` (no fast path).
+
 Modes: TensorFlow graph (``tf.function``) and XLA (``jit_compile=True``), JAX ``jax.jit``,
 PyTorch eager and ``torch.compile``; layouts channels_last and channels_first where the backend
 runs them (TensorFlow's CPU convolutions are NHWC only outside XLA). Peers, when installed:
@@ -53,6 +55,11 @@ CONFIGS = [
     ("torch eager NHWC", "torch", "eager", "channels_last", "ours"),
     ("torch eager NCHW", "torch", "eager", "channels_first", "ours"),
     ("torch compile NCHW", "torch", "compile", "channels_first", "ours"),
+    # The backends' defaults with the fast paths switched off (KERAS_RETINANET_FAST_PATHS=0):
+    # what each fast path is worth, measured in the same rounds.
+    ("tf graph NHWC plain", "tensorflow", "graph", "channels_last", "ours"),
+    ("jax jit NHWC plain", "jax", "jit", "channels_last", "ours"),
+    ("torch eager NHWC plain", "torch", "eager", "channels_last", "ours"),
     ("KerasHub jax", "jax", "jit", "channels_last", "keras_hub"),
     ("KerasHub torch", "torch", "eager", "channels_last", "keras_hub"),
     ("torchvision", "torch", "eager", "channels_first", "torchvision"),
@@ -281,6 +288,8 @@ class Worker:
     def __init__(self, config, size, malloc="keep"):
         self.config = config
         env = dict(os.environ, KERAS_BACKEND=config[1], TF_CPP_MIN_LOG_LEVEL="2")
+        if config[0].endswith(" plain"):
+            env["KERAS_RETINANET_FAST_PATHS"] = "0"
         spec = json.dumps({"config": config, "size": size, "malloc": malloc})
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", spec],
