@@ -3,6 +3,7 @@
 * ``tests(backend=...)``: a venv with only that backend installed (proving the core imports
   without the other two), running everything except the cross-backend ``parity`` tests.
 * ``parity``: all three backends together; TensorFlow is the reference.
+* ``oldest_keras``: the suite on the oldest Keras that ``pyproject.toml`` accepts (PyTorch).
 * ``lint``: ruff.
 * ``bench``: the cross-backend benchmarks (not part of the default run).
 
@@ -15,7 +16,7 @@ import shutil
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "parity"]
+nox.options.sessions = ["lint", "tests", "parity", "oldest_keras"]
 nox.options.reuse_venv = "yes"
 
 BACKENDS = ["tensorflow", "jax", "torch"]
@@ -80,6 +81,29 @@ def tests(session, backend):
             session, "-m", "not parity", *WORKERS, "--durations=10", "-p", "no:cacheprovider"
         ),
         env={**QUIET_ENV, "KERAS_BACKEND": backend},
+    )
+
+
+#: The lower end of ``pyproject.toml``'s Keras range (``_keras_internals.TESTED_KERAS``).
+OLDEST_KERAS = "3.8.0"
+
+
+@nox.session
+@_discard_venv_in_ci
+def oldest_keras(session):
+    """The suite on the oldest Keras the package accepts, PyTorch backend (TensorFlow's newer
+    releases require a newer Keras; the Keras internals read by the fast paths do not depend on
+    the backend)."""
+    session.install(*CONSTRAINTS, ".[torch,test]", f"keras=={OLDEST_KERAS}")
+    session.run(
+        "python",
+        "-c",
+        f"import keras; assert keras.__version__ == {OLDEST_KERAS!r}, keras.__version__",
+    )
+    session.run(
+        "pytest",
+        *_pytest_args(session, "-m", "not parity", *WORKERS, "-p", "no:cacheprovider", "-q"),
+        env={**QUIET_ENV, "KERAS_BACKEND": "torch"},
     )
 
 

@@ -1,4 +1,4 @@
-"""Anchor boxes for every pyramid level (SPEC §2)."""
+"""Anchor boxes for every pyramid level (docs/numerics.md, "Anchors")."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Encoding of ground-truth boxes against anchors and decoding of predictions (SPEC §2)."""
+"""Encoding of ground-truth boxes against anchors and decoding of predictions (docs/numerics.md, "Box coding")."""
 
 import math
 

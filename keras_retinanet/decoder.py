@@ -1,4 +1,4 @@
-"""Turning raw RetinaNet outputs into detections (SPEC §5)."""
+"""Turning raw RetinaNet outputs into detections (docs/numerics.md, "Decoding")."""
 
 import math
 

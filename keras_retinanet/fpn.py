@@ -1,4 +1,4 @@
-"""Feature pyramid P3-P7 on top of C3-C5 (SPEC §1)."""
+"""Feature pyramid P3-P7 on top of C3-C5 (docs/numerics.md, "Model layout")."""
 
 import keras
 from keras import layers, ops

@@ -1,4 +1,4 @@
-"""Class and box subnets shared across pyramid levels (SPEC §1)."""
+"""Class and box subnets shared across pyramid levels (docs/numerics.md, "Model layout")."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Anchor matching and regression targets for training (SPEC §3)."""
+"""Anchor matching and regression targets for training (docs/numerics.md, "Training targets")."""
 
 import keras
 import numpy as np

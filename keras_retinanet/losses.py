@@ -1,4 +1,4 @@
-"""Focal loss for classification plus smooth L1 for boxes (SPEC §3)."""
+"""Focal loss for classification plus smooth L1 for boxes (docs/numerics.md, "Loss")."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The RetinaNet model: backbone -> feature pyramid -> shared heads (SPEC §1)."""
+"""The RetinaNet model: backbone -> feature pyramid -> shared heads (docs/numerics.md, "Model layout")."""
 
 import keras
 from keras import ops

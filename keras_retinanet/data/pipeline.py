@@ -146,7 +146,7 @@ class DetectionDataset(keras.utils.PyDataset):
         training: enables shuffling and flipping by default.
         min_side, max_side, stride, jitter, image_size: resize options of
             :func:`~keras_retinanet.data.preprocessing.resize_and_pad`. The defaults are
-            SPEC §3's (800 / 1333 / 128, no jitter).
+            those of docs/numerics.md, "Input preprocessing" (800 / 1333 / 128, no jitter).
         flip: random horizontal flips with ``flip_probability``; default ``training``.
         shuffle: reshuffle every epoch; default ``training``.
         seed: integer seed of all randomness.

@@ -1,4 +1,4 @@
-"""Image preprocessing of SPEC §3, in NumPy (Pillow for resizing and file reading).
+"""Image preprocessing (docs/numerics.md, "Input preprocessing"), in NumPy (Pillow for resizing and file reading).
 
 Pipeline for one image: optional horizontal flip -> resize (short side to ``min_side``,
 capped so the long side is at most ``max_side``) -> zero padding at the bottom/right up to a
@@ -199,7 +199,7 @@ def resize_and_pad(
 ):
     """Resize keeping the aspect ratio, then zero-pad bottom/right.
 
-    Defaults are those of SPEC §3 / the keras.io example: short side 800, long side at most
+    Defaults are those of docs/numerics.md ("Input preprocessing") and the keras.io example: short side 800, long side at most
     1333, padding to a multiple of 128 (the coarsest pyramid stride, so every level's grid
     covers the image exactly).
 
