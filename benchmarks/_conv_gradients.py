@@ -2,8 +2,8 @@
 
 Times, for one ``3x3`` convolution (NHWC, ``SAME``) at ``--batch x --size x --size`` with
 ``--channels`` in and ``--out`` channels out: the forward, XLA's input gradient, XLA's kernel
-gradient, and the kernel gradient that ``keras_retinanet.fast._jax_convolution`` computes instead (one
-matrix product per kernel tap), plus torch's forward and both gradients when torch is
+gradient, and the kernel gradient that ``keras_retinanet.fast._jax_convolution`` computes
+instead (one matrix product per kernel tap), plus torch's forward and both gradients when torch is
 installed. Not run by ``nox -s bench``; use it to check on a new CPU that the per-tap kernel
 gradient is still the faster choice (it was 2.5-4.6x faster than XLA's on a 2-core AVX2 EPYC).
 

@@ -7,7 +7,8 @@ import keras
 
 from keras_retinanet.layout import standardize_data_format
 
-#: Layer names of the C3/C4/C5 outputs in ``keras.applications.ResNet50`` (docs/numerics.md, "Model layout").
+#: Layer names of the C3/C4/C5 outputs in ``keras.applications.ResNet50``
+#: (docs/numerics.md, "Model layout").
 RESNET50_FEATURE_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 
 

@@ -1,4 +1,7 @@
-"""Encoding of ground-truth boxes against anchors and decoding of predictions (docs/numerics.md, "Box coding")."""
+"""Encoding of ground-truth boxes against anchors and decoding of predictions.
+
+The formulas are in docs/numerics.md, "Box coding".
+"""
 
 import math
 

@@ -1,4 +1,8 @@
-"""The RetinaNet model: backbone -> feature pyramid -> shared heads (docs/numerics.md, "Model layout")."""
+"""The RetinaNet model: backbone -> feature pyramid -> shared heads.
+
+The layout is in docs/numerics.md, "Model layout"; the fast paths that :mod:`keras_retinanet.fast`
+adds to the model's own layers are switched by :mod:`keras_retinanet.config`.
+"""
 
 import keras
 from keras import ops

@@ -1,4 +1,5 @@
-"""Image preprocessing (docs/numerics.md, "Input preprocessing"), in NumPy (Pillow for resizing and file reading).
+"""Image preprocessing (docs/numerics.md, "Input preprocessing"), in NumPy (Pillow for resizing
+and file reading).
 
 Pipeline for one image: optional horizontal flip -> resize (short side to ``min_side``,
 capped so the long side is at most ``max_side``) -> zero padding at the bottom/right up to a
@@ -199,9 +200,9 @@ def resize_and_pad(
 ):
     """Resize keeping the aspect ratio, then zero-pad bottom/right.
 
-    Defaults are those of docs/numerics.md ("Input preprocessing") and the keras.io example: short side 800, long side at most
-    1333, padding to a multiple of 128 (the coarsest pyramid stride, so every level's grid
-    covers the image exactly).
+    Defaults are those of docs/numerics.md ("Input preprocessing") and the keras.io example:
+    short side 800, long side at most 1333, padding to a multiple of 128 (the coarsest pyramid
+    stride, so every level's grid covers the image exactly).
 
     Args:
         image: ``[H, W, 3]`` RGB pixels (uint8 or float).
