@@ -85,7 +85,7 @@ def tests(session, backend):
 
 
 #: The lower end of ``pyproject.toml``'s Keras range (``_keras_internals.TESTED_KERAS``).
-OLDEST_KERAS = "3.8.0"
+OLDEST_KERAS = "3.10.0"
 
 
 @nox.session

@@ -15,7 +15,7 @@ import inspect
 import keras
 
 #: ``(oldest, newest)`` ``(major, minor)`` Keras versions the suite is run on.
-TESTED_KERAS = ((3, 8), (3, 15))
+TESTED_KERAS = ((3, 10), (3, 15))
 
 
 def keras_version():
