@@ -9,6 +9,10 @@ boxes, coordinates below 0 and above 1, pixel-scale coordinates, NaN scores,
 
 Scores are distinct by default, so the result is fully determined; the ``ties`` cases draw
 scores from a handful of values and are compared with the tie rule of SPEC §4.
+
+``edge_cases()`` returns the hand-made cases (the edge cases of ``test_nms.py`` plus inputs
+built so that the default block size of the JAX and PyTorch versions runs out and continues
+into further blocks), for the cross-backend parity test.
 """
 
 import dataclasses
@@ -32,6 +36,7 @@ class Case:
     pad_per_class: bool
     clip_boxes: bool
     ties: bool = False
+    name: str = ""  # hand-made cases only
 
     def kwargs(self):
         return dict(
@@ -45,8 +50,9 @@ class Case:
 
     def __repr__(self):
         b, n, q, _ = self.boxes.shape
+        label = f"{self.name!r}" if self.name else f"#{self.index}"
         return (
-            f"Case(#{self.index}, B={b}, N={n}, q={q}, C={self.scores.shape[2]}, "
+            f"Case({label}, B={b}, N={n}, q={q}, C={self.scores.shape[2]}, "
             f"per_class={self.max_output_size_per_class}, total={self.max_total_size}, "
             f"iou={self.iou_threshold!r}, score={self.score_threshold!r}, "
             f"pad={self.pad_per_class}, clip={self.clip_boxes}, ties={self.ties})"
@@ -185,6 +191,191 @@ def generate_cases(count=NUM_CASES, seed=20240611):
     """``count`` reproducible :class:`Case` objects."""
     rng = np.random.default_rng(seed)
     return [_draw_case(rng, i) for i in range(count)]
+
+
+# --- hand-made cases ----------------------------------------------------------------------
+#
+# Sizes are chosen so that most of these cases pad (in JAX's eager calls) to the shapes that
+# many generated cases share: they add few compiled programs to the parity run.
+
+_FIVE = np.array(
+    [[[[0, 0, 1, 1]], [[0, 0.1, 1, 1.1]], [[0, 1, 1, 2]], [[2, 2, 3, 3]], [[0.5, 0.5, 0.5, 1]]]],
+    np.float32,
+)  # [1, 5, 1, 4]: 0/1 overlap (IoU 0.818), 0/2 touch, 4 has zero area
+
+
+def _columns(*columns):
+    """Score columns (one per class) of the five boxes -> ``[1, 5, C]``."""
+    return np.array(columns, np.float32).T[None]
+
+
+def _disjoint(n, start=0):
+    """``[n, 4]`` boxes stacked along ``y`` two units apart: no two overlap."""
+    y = (np.arange(n, dtype=np.float32) + start) * 2
+    return np.stack([y, np.zeros(n), y + 1, np.ones(n)], -1).astype(np.float32)
+
+
+def _ranked(order, shape):
+    """Distinct float32 scores of the given ``shape``: the flat index ``order[0]`` scores
+    highest, ``order[1]`` next, and so on."""
+    size = int(np.prod(shape))
+    scores = np.empty(size, np.float32)
+    scores[order] = np.linspace(0.99, 0.01, size).astype(np.float32)
+    assert len(np.unique(scores)) == size
+    return scores.reshape(shape)
+
+
+def _clustered(rng, shape):
+    """``[..., 4]`` heavily overlapping boxes around the image centre: most are suppressed."""
+    centre = rng.uniform(0.3, 0.7, (*shape[:-1], 2)) + rng.normal(0, 0.01, (*shape[:-1], 2))
+    return np.concatenate([centre - 0.2, centre + 0.2], -1).astype(np.float32)
+
+
+def _permuted(rng, shape):
+    """Distinct scores in ``(0, 1)`` in a random order."""
+    size = int(np.prod(shape))
+    return ((rng.permutation(size) + 1) / np.float32(size + 1)).reshape(shape).astype(np.float32)
+
+
+def _continuation_late_duplicate(rng):
+    """64 boxes x 32 classes (per-class boxes), every pair a candidate, in a random order. The
+    best 200 pairs get disjoint boxes (kept rows 0-199); the next 824, the rest of the first
+    block of 1024 candidates, copies of a kept box of their class (suppressed); the 1025th a
+    copy of kept row 140 (so it must be checked against kept rows past 128); the rest
+    disjoint boxes. K = 300: the second block keeps 100."""
+    n, classes = 64, 32
+    while True:
+        order = rng.permutation(n * classes)  # flat index box * classes + class, best first
+        if len(set(order[:200] % classes)) == classes:  # every class has a kept box
+            break
+    later = 1024 + np.flatnonzero(order[1024:] % classes == order[140] % classes)[0]
+    order[[1024, later]] = order[[later, 1024]]
+    boxes = np.zeros((n * classes, 4), np.float32)
+    fresh = iter(_disjoint(n * classes))
+    first_kept = {}
+    for rank, flat in enumerate(order):
+        cls = flat % classes
+        if rank < 200 or rank > 1024:
+            boxes[flat] = next(fresh)
+            first_kept.setdefault(cls, flat)
+        elif rank < 1024:
+            boxes[flat] = boxes[first_kept[cls]]
+        else:
+            boxes[flat] = boxes[order[140]]
+    return boxes.reshape(1, n, classes, 4), _ranked(order, (1, n, classes))
+
+
+def _continuation_many_rounds(rng):
+    """3000 boxes x 12 classes (shared boxes): 2900 copies of one box and 100 disjoint boxes,
+    whose 1200 candidates rank 5000-6199. The first block keeps one copy per class, the next
+    three keep nothing, the fifth and sixth keep disjoint boxes up to K = 200."""
+    n, classes = 3000, 12
+    boxes = np.concatenate([np.repeat(_disjoint(1), 2900, 0), _disjoint(100, start=1)])
+    flat = np.arange(n * classes)
+    copies = rng.permutation(flat[flat // classes < 2900])
+    disjoint = rng.permutation(flat[flat // classes >= 2900])
+    order = np.concatenate([copies[:5000], disjoint, copies[5000:]])
+    return boxes[None, :, None, :], _ranked(order, (1, n, classes))
+
+
+def _ties_at_block_boundary(rng):
+    """64 clustered boxes x 32 classes with distinct scores except one run of 30 equal scores
+    across the first block boundary (candidates 1010-1039)."""
+    n, classes = 64, 32
+    scores = _ranked(rng.permutation(n * classes), (1, n, classes)).reshape(-1)
+    ranked = np.argsort(-scores, kind="stable")
+    scores[ranked[1010:1040]] = scores[ranked[1010]]
+    return _clustered(rng, (1, n, 1, 4)), scores.reshape(1, n, classes)
+
+
+def _nan_beside_best(n, classes):
+    """Box 5's first and last classes score NaN and its class 3 holds the best score."""
+    rng = np.random.default_rng(11)
+    scores = rng.uniform(0, 0.9, (1, n, classes)).astype(np.float32)
+    scores[0, 5, [0, classes - 1]] = np.nan
+    scores[0, 5, 3] = 0.999
+    return rng.uniform(0, 1, (1, n, classes, 4)).astype(np.float32), scores
+
+
+def edge_cases():
+    """The hand-made :class:`Case` objects (seeded), each with a ``name``."""
+    rng = np.random.default_rng(7)
+    cases = []
+
+    def add(name, boxes, scores, per_class, total, iou=0.5, score=float("-inf"), **flags):
+        cases.append(
+            Case(
+                index=len(cases),
+                boxes=np.asarray(boxes, np.float32),
+                scores=np.asarray(scores, np.float32),
+                max_output_size_per_class=per_class,
+                max_total_size=total,
+                iou_threshold=float(iou),
+                score_threshold=float(score),
+                pad_per_class=flags.get("pad", False),
+                clip_boxes=flags.get("clip", True),
+                ties=flags.get("ties", False),
+                name=name,
+            )
+        )
+
+    one = _columns([0.9, 0.8, 0.7, 0.6, 0.5])
+    two = _columns([0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.95, 0.2, 0.3, 0.05])
+    # The hand-made cases of test_nms.py.
+    add("merge order", _FIVE, two, 10, 10, 0.5, 0.0, clip=False)
+    add("iou 0", _FIVE, one, 10, 10, 0.0)
+    add("iou 1", _FIVE, one, 10, 10, 1.0)
+    add("iou 0.8181818", _FIVE, one, 10, 10, 0.8181818)
+    add("iou equal to an iou", _FIVE, one, 10, 10, _iou32(_FIVE[0, 0, 0], _FIVE[0, 1, 0]))
+    add("score threshold equal to a score", _FIVE, one, 10, 10, 1.0, 0.7)
+    add("nan scores", _FIVE, _columns([np.nan, 0.8, np.nan, 0.6, 0.5]), 10, 10)
+    add("nan score threshold", _FIVE, one, 10, 10, 0.5, float("nan"))
+    add("no boxes q=1", np.zeros((2, 0, 1, 4)), np.zeros((2, 0, 3)), 4, 7)
+    add("no boxes q=C", np.zeros((2, 0, 3, 4)), np.zeros((2, 0, 3)), 4, 7)
+    zero_area = np.array([[[[0, 0, 0, 1]], [[0, 0, 0, 1]], [[1, 1, 1, 1]]]], np.float32)
+    add("zero area", zero_area, [[[0.9], [0.8], [0.7]]], 5, 5, 0.0)
+    add("inverted corners", _FIVE[..., [2, 3, 0, 1]], one, 10, 10, clip=False)
+    add("pad_per_class 3", _FIVE, two, 3, 100, pad=True)
+    add("pad_per_class 7", _FIVE, two, 7, 100, pad=True)  # K = 14 > N * C
+    outside = np.array([[[[-1, -2, 3, 0.5]], [[5, 5, 6, 6]]]], np.float32)
+    add("clip_boxes", outside, [[[0.9], [0.8]]], 2, 2, clip=True)
+    add("no clip_boxes", outside, [[[0.9], [0.8]]], 2, 2, clip=False)
+    add("total above kept, per-class cap", _FIVE, one, 2, 50, 1.0)
+    boxes = np.random.default_rng(3).uniform(0, 1, (2, 40, 4, 4))
+    scores = np.random.default_rng(3).permutation(320).reshape(2, 40, 4) / 320
+    add("per-class boxes", boxes, scores, 5, 12, 0.3, 0.2)
+    add("nan beside the best score", *_nan_beside_best(64, 12), 3, 20)
+    # More extremes.
+    add("per_class 1, total 1", _clustered(rng, (2, 50, 1, 4)), _permuted(rng, (2, 50, 5)), 1, 1)
+    add("q = C = 90", rng.random((1, 40, 90, 4)), _permuted(rng, (1, 40, 90)), 2, 100, pad=True)
+    add("one class, one box", [[[[0.1, 0.1, 0.4, 0.4]]]], [[[0.3]]], 1, 3)
+    add("threshold above every score", _FIVE, two, 10, 10, 0.5, 0.96)
+    scores = _permuted(rng, (3, 30, 4))
+    scores[1] = np.minimum(scores[1], 0.2)
+    add("empty image in a batch", _clustered(rng, (3, 30, 1, 4)), scores, 5, 15, 0.5, 0.2)
+    negative = -_permuted(rng, (1, 5, 3))
+    add("negative scores above -1", np.repeat(_FIVE, 3, 2), negative, 4, 9, 0.5)
+    signed_zero = np.array([[[0.0, -0.0], [-0.0, 0.5], [0.0, 0.0], [-0.25, -0.0], [0.0, 0.1]]])
+    add("signed zeros", _FIVE, signed_zero, 5, 10, 0.5, ties=True)
+    equal = np.full((1, 20, 3), 0.5)
+    add("all scores equal", _clustered(rng, (1, 20, 1, 4)), equal, 5, 10, ties=True)
+    # Beyond the default block of 1024 candidates of the JAX and PyTorch versions.
+    add("block path, nan beside the best score", *_nan_beside_best(64, 32), 3, 20)
+    add("continuation, late duplicate", *_continuation_late_duplicate(rng), 64, 300, clip=False)
+    add("continuation, six rounds", *_continuation_many_rounds(rng), 200, 200, clip=False)
+    boxes = np.stack([_clustered(rng, (500, 4)), _disjoint(500)])[:, :, None, :]
+    add("continuation in one image of two", boxes, _permuted(rng, (2, 500, 6)), 40, 60, 0.1)
+    clustered, scores = _clustered(rng, (1, 500, 12, 4)), _permuted(rng, (1, 500, 12))
+    add("continuation, per-class boxes", clustered, scores, 50, 150, 0.5)
+    add("continuation, shared boxes", clustered[:, :, :1], scores, 50, 150, 0.3, 0.1)
+    boxes, scores = _clustered(rng, (1, 500, 1, 4)), _permuted(rng, (1, 500, 60))
+    add("continuation to the last candidate", boxes, scores, 5, 250, 0.1)  # K never reached
+    ties = _ties_at_block_boundary(rng)
+    add("continuation, tie across the boundary", *ties, 100, 100, 0.1, ties=True)
+    # 270,000 scores: more than JAX pads (eager calls pad at most 2**18).
+    boxes = rng.uniform(0, 1, (1, 2700, 1, 4)).astype(np.float32)
+    add("many candidates, unpadded", boxes, _permuted(rng, (1, 2700, 100)), 10, 100, 0.5, 0.5)
+    return cases
 
 
 def _as_numpy(outputs):
