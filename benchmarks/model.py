@@ -330,16 +330,16 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def schedule(num_workers, repeats):
+def schedule(num_workers, repeats, groups=MEASURE_GROUPS):
     """The timing order: ``(round, worker index, measure)`` triples, round 0 the warm-up.
 
-    For each group of :data:`MEASURE_GROUPS`, ``repeats + 1`` rounds; in each round every
-    worker times every measure of the group, its calls back to back. The worker order rotates
+    For each of ``groups`` (:data:`MEASURE_GROUPS`), ``repeats + 1`` rounds; in each round
+    every worker times every measure of the group, its calls back to back. The worker order rotates
     every round (no configuration always runs right after the same neighbour, whose threads
     may still be winding down) and so does the measure order within a group (no measure always
     runs first).
     """
-    for group in MEASURE_GROUPS:
+    for group in groups:
         for round_ in range(repeats + 1):
             shift, turn = round_ % max(num_workers, 1), round_ % len(group)
             order = list(range(num_workers))
@@ -349,7 +349,7 @@ def schedule(num_workers, repeats):
             print(f"{'+'.join(group)} round {round_} done", file=sys.stderr, flush=True)
 
 
-def run_group(configs, size, repeats, need_first=False, malloc="keep"):
+def run_group(configs, size, repeats, need_first=False, malloc="keep", groups=MEASURE_GROUPS):
     """Starts one worker per configuration, then times each measure ``repeats`` times in the
     order of :func:`schedule` (after one untimed warm-up round, which also triggers each
     function's compile).
@@ -371,7 +371,7 @@ def run_group(configs, size, repeats, need_first=False, malloc="keep"):
     samples = {w.config[0]: {m: [] for m in MEASURES} for w in workers}
     errors = {w.config[0]: {} for w in workers}
     peaks = {w.config[0]: 0.0 for w in workers}
-    for round_, index, measure in schedule(len(workers), repeats):
+    for round_, index, measure in schedule(len(workers), repeats, groups):
         w = workers[index]
         reply = w.ask(measure)
         if reply.get("error"):
@@ -406,7 +406,7 @@ def run_group(configs, size, repeats, need_first=False, malloc="keep"):
     return results
 
 
-def run(configs, size, repeats, reference, max_workers, malloc="keep"):
+def run(configs, size, repeats, reference, max_workers, malloc="keep", groups=MEASURE_GROUPS):
     """Runs the configurations in groups of at most ``max_workers`` resident workers (memory:
     each holds a ResNet50 and its compiled programs), every group with the ``reference``
     configuration in it, so each ratio compares two configurations timed interleaved.
@@ -420,7 +420,12 @@ def run(configs, size, repeats, reference, max_workers, malloc="keep"):
     results = []
     for start in range(0, max(len(others), 1), step):
         group = run_group(
-            ref + others[start : start + step], size, repeats, need_first=True, malloc=malloc
+            ref + others[start : start + step],
+            size,
+            repeats,
+            need_first=True,
+            malloc=malloc,
+            groups=groups,
         )
         ref_row = next((r for r in group if r["config"] == reference), None)
         if start == 0 and "unavailable" in group[0] and reference != FALLBACK_REFERENCE:
@@ -429,7 +434,7 @@ def run(configs, size, repeats, reference, max_workers, malloc="keep"):
                 file=sys.stderr,
                 flush=True,
             )
-            rows, used = run(others, size, repeats, FALLBACK_REFERENCE, max_workers, malloc)
+            rows, used = run(others, size, repeats, FALLBACK_REFERENCE, max_workers, malloc, groups)
             return group + rows, used
         for row in group:
             if row["config"] == reference and any(r["config"] == reference for r in results):
@@ -606,6 +611,11 @@ def main(argv=None):
         help="configuration the ratios compare with (default: torchvision's RetinaNet, the "
         "peer the speed targets name); when it cannot run, the ratios use 'torch eager NCHW'",
     )
+    parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="time forward and predict only (the train step takes most of a full run)",
+    )
     parser.add_argument("--max-workers", type=int, default=4, help="resident workers (memory)")
     parser.add_argument(
         "--malloc",
@@ -640,7 +650,10 @@ def main(argv=None):
     configs = [c for c in CONFIGS if not args.only or any(s in c[0] for s in args.only)]
     if not any(c[0] == args.reference for c in CONFIGS):
         parser.error(f"--reference must name a configuration, got {args.reference!r}")
-    results, reference = run(configs, size, repeats, args.reference, args.max_workers, args.malloc)
+    groups = [g for g in MEASURE_GROUPS if not (args.no_train and "train2" in g)]
+    results, reference = run(
+        configs, size, repeats, args.reference, args.max_workers, args.malloc, groups
+    )
     return _write(out, results, size, repeats, reference, args.malloc)
 
 

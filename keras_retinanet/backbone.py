@@ -6,6 +6,7 @@ import os
 import keras
 
 from keras_retinanet.layout import standardize_data_format
+from keras_retinanet.torchvision_backbone import torchvision_resnet50_backbone
 
 #: Layer names of the C3/C4/C5 outputs in ``keras.applications.ResNet50``
 #: (docs/numerics.md, "Model layout").
@@ -124,7 +125,11 @@ def compact_backbone(*, weights=None, input_shape=(None, None, 3), widths=(32, 6
     return model
 
 
-_BACKBONES = {"resnet50": resnet50_backbone, "compact": compact_backbone}
+_BACKBONES = {
+    "resnet50": resnet50_backbone,
+    "compact": compact_backbone,
+    "torchvision_resnet50": torchvision_resnet50_backbone,
+}
 
 
 def register_backbone(name, factory):

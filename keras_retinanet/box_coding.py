@@ -12,6 +12,8 @@ from keras_retinanet.boxes import center_to_corners, corners_to_center
 
 #: Box-regression variance of the keras.io example (1 / (10, 10, 5, 5) in Detectron terms).
 DEFAULT_BOX_VARIANCE = (0.1, 0.1, 0.2, 0.2)
+#: torchvision's ``bbox_xform_clip``: ``dw, dh`` above it are clamped before ``exp``.
+TORCHVISION_MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
 @keras.saving.register_keras_serializable(package="keras_retinanet")
@@ -23,10 +25,16 @@ class BoxCoder:
 
     Args:
         variance: 4 positive divisors applied to ``(dx, dy, dw, dh)``. The default makes the
-            targets roughly unit-variance for matched anchors (keras.io / Detectron choice).
+            targets roughly unit-variance for matched anchors (keras.io / Detectron choice);
+            torchvision's RetinaNet uses ``(1, 1, 1, 1)`` (its box coder's weights are the
+            reciprocals).
+        max_log_scale: ``None`` (keras.io: no limit) or the largest ``dw, dh`` (after the
+            variance) that ``decode`` passes to ``exp``; larger ones are clamped to it.
+            torchvision uses ``log(1000 / 16)`` (:data:`TORCHVISION_MAX_LOG_SCALE`), so no
+            decoded box grows past ~62 times its anchor.
     """
 
-    def __init__(self, *, variance=DEFAULT_BOX_VARIANCE):
+    def __init__(self, *, variance=DEFAULT_BOX_VARIANCE, max_log_scale=None):
         try:
             variance = tuple(float(v) for v in variance)
         except (TypeError, ValueError):
@@ -34,6 +42,16 @@ class BoxCoder:
         if len(variance) != 4 or not all(math.isfinite(v) and v > 0 for v in variance):
             raise ValueError(f"variance must be 4 positive finite numbers, got {variance!r}")
         self.variance = variance
+        if max_log_scale is not None:
+            try:
+                max_log_scale = float(max_log_scale)
+            except (TypeError, ValueError):
+                max_log_scale = math.nan
+            if not math.isfinite(max_log_scale):
+                raise ValueError(
+                    f"max_log_scale must be None or a finite number, got {max_log_scale!r}"
+                )
+        self.max_log_scale = max_log_scale
 
     def encode(self, boxes, anchors):
         """Regression targets for ``boxes`` relative to ``anchors``.
@@ -73,7 +91,8 @@ class BoxCoder:
 
         Returns:
             ``[..., A, 4]`` float32 corners ``[x1, y1, x2, y2]`` in pixels. NaN or Inf deltas,
-            or ``dw, dh`` large enough to overflow ``exp``, give non-finite boxes
+            or (without ``max_log_scale``) ``dw, dh`` large enough to overflow ``exp``, give
+            non-finite boxes
             (``DecodePredictions`` never turns those into detections).
 
         Raises:
@@ -84,17 +103,20 @@ class BoxCoder:
         _check_last_axis(deltas, "deltas", "(dx, dy, dw, dh)")
         _check_last_axis(anchors, "anchors", "[cx, cy, w, h]")
         deltas = deltas * ops.convert_to_tensor(self.variance, dtype="float32")
+        log_scale = deltas[..., 2:]
+        if self.max_log_scale is not None:
+            log_scale = ops.minimum(log_scale, self.max_log_scale)
         centers = ops.concatenate(
             [
                 deltas[..., :2] * anchors[..., 2:] + anchors[..., :2],
-                ops.exp(deltas[..., 2:]) * anchors[..., 2:],
+                ops.exp(log_scale) * anchors[..., 2:],
             ],
             axis=-1,
         )
         return center_to_corners(centers)
 
     def get_config(self):
-        return {"variance": list(self.variance)}
+        return {"variance": list(self.variance), "max_log_scale": self.max_log_scale}
 
     @classmethod
     def from_config(cls, config):

@@ -36,6 +36,12 @@ class FeaturePyramid(layers.Layer):
 
     Args:
         filters: channels of every pyramid level (256 in the paper).
+        p6_input: ``"c5"`` (keras.io, the paper, torchvision's v2) or ``"p5"`` (torchvision's
+            v1 ``retinanet_resnet50_fpn``: P6 from the finished P5, after its 3x3 conv).
+        downsample_padding: padding of the stride-2 P6 and P7 convs: ``"same"`` (Keras: on an
+            even size the one padded row and column go at the bottom and right) or
+            ``"symmetric"`` (PyTorch's ``padding=1``: one on every side). The output sizes are
+            the same, ``ceil(h / 2)``; the values differ on even sizes.
         data_format: ``"channels_last"`` (``[N, H, W, C]`` maps) or ``"channels_first"``
             (``[N, C, H, W]``); ``None`` takes ``keras.config.image_data_format()``. The
             weights are the same in both layouts.
@@ -49,15 +55,26 @@ class FeaturePyramid(layers.Layer):
         at strides 8..128.
     """
 
-    def __init__(self, *, filters=256, data_format=None, **kwargs):
+    def __init__(
+        self, *, filters=256, p6_input="c5", downsample_padding="same", data_format=None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.data_format = standardize_data_format(data_format)
+        if p6_input not in ("c5", "p5"):
+            raise ValueError(f"p6_input must be 'c5' or 'p5', got {p6_input!r}")
+        if downsample_padding not in ("same", "symmetric"):
+            raise ValueError(
+                f"downsample_padding must be 'same' or 'symmetric', got {downsample_padding!r}"
+            )
+        self.p6_input = p6_input
+        self.downsample_padding = downsample_padding
+        symmetric = downsample_padding == "symmetric"
         conv = lambda k, s, name: layers.Conv2D(  # noqa: E731
             self.filters,
             k,
             strides=s,
-            padding="same",
+            padding="valid" if symmetric and s == 2 else "same",
             data_format=self.data_format,
             name=name,
             dtype=self.dtype_policy,
@@ -70,6 +87,14 @@ class FeaturePyramid(layers.Layer):
         self.conv_c5_3x3 = conv(3, 1, "conv_c5_3x3")
         self.conv_c6_3x3 = conv(3, 2, "conv_c6_3x3")
         self.conv_c7_3x3 = conv(3, 2, "conv_c7_3x3")
+        # PyTorch's padding=1 of the stride-2 convs, as a layer of its own.
+        self.pad = (
+            layers.ZeroPadding2D(
+                1, data_format=self.data_format, name="pad", dtype=self.dtype_policy
+            )
+            if symmetric
+            else None
+        )
 
     def build(self, input_shape):
         c3_shape, c4_shape, c5_shape = input_shape
@@ -80,7 +105,7 @@ class FeaturePyramid(layers.Layer):
         self.conv_c3_3x3.build(out_shape(c3_shape))
         self.conv_c4_3x3.build(out_shape(c4_shape))
         self.conv_c5_3x3.build(out_shape(c5_shape))
-        self.conv_c6_3x3.build(c5_shape)
+        self.conv_c6_3x3.build(c5_shape if self.p6_input == "c5" else out_shape(c5_shape))
         self.conv_c7_3x3.build(out_shape(c5_shape))
         self.built = True
 
@@ -91,9 +116,13 @@ class FeaturePyramid(layers.Layer):
         p4 = p4 + _upsample_like(p5, p4, self.data_format)
         p3 = self.conv_c3_1x1(c3)
         p3 = p3 + _upsample_like(p4, p3, self.data_format)  # uses the already merged P4
-        p6 = self.conv_c6_3x3(c5)
-        p7 = self.conv_c7_3x3(ops.relu(p6))
-        return [self.conv_c3_3x3(p3), self.conv_c4_3x3(p4), self.conv_c5_3x3(p5), p6, p7]
+        p3, p4, p5 = self.conv_c3_3x3(p3), self.conv_c4_3x3(p4), self.conv_c5_3x3(p5)
+        p6 = self._downsample(self.conv_c6_3x3, c5 if self.p6_input == "c5" else p5)
+        p7 = self._downsample(self.conv_c7_3x3, ops.relu(p6))
+        return [p3, p4, p5, p6, p7]
+
+    def _downsample(self, conv, x):
+        return conv(x if self.pad is None else self.pad(x))
 
     def compute_output_shape(self, input_shape):
         c3, c4, c5 = input_shape
@@ -111,5 +140,12 @@ class FeaturePyramid(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "data_format": self.data_format})
+        config.update(
+            {
+                "filters": self.filters,
+                "p6_input": self.p6_input,
+                "downsample_padding": self.downsample_padding,
+                "data_format": self.data_format,
+            }
+        )
         return config

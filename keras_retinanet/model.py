@@ -50,6 +50,11 @@ class RetinaNet(keras.Model):
             ``False`` decides for this model. Fast paths (:mod:`keras_retinanet.fast`) give
             the layers this library built faster per-backend methods on the CPU, with the same
             weights and results; off, every layer is plain Keras.
+        fpn_p6_input, fpn_downsample_padding: ``FeaturePyramid``'s ``p6_input`` (``"c5"``,
+            keras.io; ``"p5"``, torchvision v1) and ``downsample_padding`` (``"same"``,
+            keras.io; ``"symmetric"``, PyTorch's).
+        head_norm, head_norm_groups: ``PredictionHead``'s ``norm`` (``None``, keras.io;
+            ``"group_norm"``, torchvision v2) and ``norm_groups`` (32).
         fast_user_backbone: ``False`` (default) leaves a ``keras.Model`` passed as
             ``backbone`` exactly as it is: no method replaced, no variable re-laid. ``True``
             lets the fast paths change that model's layers too (they then run faster, and
@@ -95,6 +100,10 @@ class RetinaNet(keras.Model):
         data_format=None,
         positive_threshold=0.5,
         negative_threshold=0.4,
+        fpn_p6_input="c5",
+        fpn_downsample_padding="same",
+        head_norm=None,
+        head_norm_groups=32,
         fast_paths=None,
         fast_user_backbone=False,
         **kwargs,
@@ -129,6 +138,8 @@ class RetinaNet(keras.Model):
         k = self.anchor_generator.num_anchors_per_location
         self.fpn = FeaturePyramid(
             filters=self.fpn_filters,
+            p6_input=fpn_p6_input,
+            downsample_padding=fpn_downsample_padding,
             data_format=self.data_format,
             name="fpn",
             dtype=self.dtype_policy,
@@ -139,6 +150,8 @@ class RetinaNet(keras.Model):
             num_convs=self.head_convs,
             filters=self.fpn_filters,
             data_format=self.data_format,
+            norm=head_norm,
+            norm_groups=head_norm_groups,
             name="cls_head",
             dtype=self.dtype_policy,
         )
@@ -148,6 +161,8 @@ class RetinaNet(keras.Model):
             num_convs=self.head_convs,
             filters=self.fpn_filters,
             data_format=self.data_format,
+            norm=head_norm,
+            norm_groups=head_norm_groups,
             name="box_head",
             dtype=self.dtype_policy,
         )
@@ -267,6 +282,10 @@ class RetinaNet(keras.Model):
                 "data_format": self.data_format,
                 "positive_threshold": self.label_encoder.positive_threshold,
                 "negative_threshold": self.label_encoder.negative_threshold,
+                "fpn_p6_input": self.fpn.p6_input,
+                "fpn_downsample_padding": self.fpn.downsample_padding,
+                "head_norm": self.cls_head.norm,
+                "head_norm_groups": self.cls_head.norm_groups,
                 "fast_paths": self.fast_paths,
                 "fast_user_backbone": self.fast_user_backbone,
             }

@@ -1,4 +1,4 @@
-"""Seeded ``combined_non_max_suppression`` cases and the comparison rule of SPEC §4.
+"""Seeded ``combined_non_max_suppression`` cases and the comparison rule of docs/numerics.md (NMS).
 
 ``generate_cases()`` returns at least 2000 reproducible cases covering batch 1-4, 0-5000 boxes
 (mostly small), 1-90 classes, shared and per-class boxes, IoU thresholds including exactly 0, 1
@@ -8,7 +8,7 @@ boxes, coordinates below 0 and above 1, pixel-scale coordinates, NaN scores,
 ``max_total_size`` above ``C * max_output_size_per_class`` and images with no candidate.
 
 Scores are distinct by default, so the result is fully determined; the ``ties`` cases draw
-scores from a handful of values and are compared with the tie rule of SPEC §4.
+scores from a handful of values and are compared with the tie rule of docs/numerics.md (NMS).
 
 ``edge_cases()`` returns the hand-made cases (the edge cases of ``test_nms.py`` plus inputs
 built so that the default block size of the JAX and PyTorch versions runs out and continues
@@ -391,7 +391,7 @@ def _row_keys(boxes, scores, classes, valid):
 
 
 def assert_same_detections(actual, expected, *, case=None, atol=1e-6):
-    """Asserts that two ``(boxes, scores, classes, valid)`` results agree (SPEC §4).
+    """Asserts that two ``(boxes, scores, classes, valid)`` results agree (docs/numerics.md (NMS)).
 
     Shapes and dtypes must match. Without ties (``case.ties`` false), valid counts and classes
     must be equal and boxes and scores within ``atol`` (relative for coordinates beyond 1).

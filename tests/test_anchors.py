@@ -8,7 +8,7 @@ from keras_retinanet import AnchorGenerator
 
 
 def numpy_anchors(height, width):
-    """Independent transcription of SPEC §2 in float64."""
+    """Independent transcription of docs/numerics.md (Anchors) in float64."""
     out = []
     for stride, area in zip(
         (8, 16, 32, 64, 128), (32.0**2, 64.0**2, 128.0**2, 256.0**2, 512.0**2), strict=True

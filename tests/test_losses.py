@@ -8,7 +8,7 @@ from keras_retinanet import RetinaNetLoss
 
 
 def numpy_loss(y_true, y_pred, num_classes, alpha=0.25, gamma=2.0):
-    """Direct transcription of SPEC §3 with per-anchor loops."""
+    """Direct transcription of docs/numerics.md (Loss) with per-anchor loops."""
     losses = []
     for t_img, p_img in zip(y_true, y_pred, strict=True):
         cls_sum = box_sum = 0.0

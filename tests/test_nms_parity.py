@@ -250,7 +250,7 @@ def test_jax_cases_cover_every_code_path():
 def test_tf_leaks_padding_below_minus_one():
     """TensorFlow 2.21 pads its per-class result slots with score -1 and class -1; a kept
     score below -1 sorts after them, so TF returns a padding row as a detection. The library
-    follows SPEC §4 (kept boxes only); this test records TF's behaviour."""
+    follows docs/numerics.md (NMS) (kept boxes only); this test records TF's behaviour."""
     from keras_retinanet.nms.reference import combined_non_max_suppression_reference
 
     boxes = np.array([[[[0, 0, 1, 1]], [[2, 2, 3, 3]], [[4, 4, 5, 5]], [[6, 6, 7, 7]]]], np.float32)
