@@ -27,6 +27,9 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONHASHSEED": "0"}
 # pytest-xdist workers per session. Much of a test's time is single-threaded tracing and
 # compiling (JAX compiles every eager op per shape), so two workers keep both CPU cores of
 # the CI machine busy: tests(jax) went from 25 to 18 minutes on a 2-core machine.
+#: torchvision's release for the pinned torch: the reference of the converter tests and a peer
+#: of the benchmarks, never a dependency of the library.
+TORCHVISION = "torchvision==0.28.0"
 WORKERS = ("-n", os.environ.get("PYTEST_WORKERS", "2"))
 
 
@@ -60,6 +63,9 @@ def _pytest_args(session, *default):
 def tests(session, backend):
     """Unit and integration tests on one backend, with only that backend installed."""
     session.install(*CONSTRAINTS, f".[{backend},test]")
+    if backend == "torch":
+        # The converter's reference: torchvision's RetinaNets (a test dependency only).
+        session.install(*CONSTRAINTS, TORCHVISION)
     others = [b for b in BACKENDS if b != backend]
     session.run(
         "python",
@@ -112,8 +118,9 @@ def oldest_keras(session):
 @nox.session
 @_discard_venv_in_ci
 def parity(session):
-    """Cross-backend checks: one set of weights, three backends, TensorFlow as reference."""
-    session.install(*CONSTRAINTS, ".[all,test]")
+    """Cross-backend checks: one set of weights, three backends, TensorFlow as reference; and
+    converted torchvision checkpoints against torchvision on every backend."""
+    session.install(*CONSTRAINTS, ".[all,test]", TORCHVISION)
     session.run(
         "pytest",
         # -rP: the workers' captured output (each parity test prints what it compared).
@@ -141,7 +148,7 @@ def bench(session):
     # would replace the pinned TensorFlow; it only needs these two to import and run.
     session.install("--no-deps", "keras-hub==0.32.0", "regex", "tokenizers")
     # torchvision's RetinaNet is the reference peer: 0.28.0 is the release for the pinned torch.
-    session.install(*CONSTRAINTS, "torchvision==0.28.0")
+    session.install(*CONSTRAINTS, TORCHVISION)
     out = os.path.join("benchmarks", "results")
     for script in sorted(os.listdir("benchmarks")):
         if script.endswith(".py") and not script.startswith("_"):

@@ -91,7 +91,7 @@ class AnchorGenerator:
             ("round_half_extents", round_half_extents),
             ("strides_from_image_size", strides_from_image_size),
         ):
-            if value not in (True, False):
+            if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         self.round_half_extents = bool(round_half_extents)
         self.strides_from_image_size = bool(strides_from_image_size)

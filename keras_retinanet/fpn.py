@@ -105,8 +105,13 @@ class FeaturePyramid(layers.Layer):
         self.conv_c3_3x3.build(out_shape(c3_shape))
         self.conv_c4_3x3.build(out_shape(c4_shape))
         self.conv_c5_3x3.build(out_shape(c5_shape))
-        self.conv_c6_3x3.build(c5_shape if self.p6_input == "c5" else out_shape(c5_shape))
-        self.conv_c7_3x3.build(out_shape(c5_shape))
+        # Built for any size: Keras checks a known spatial size against "valid" padding, and
+        # the symmetric padding comes in front of these convs only when they are called.
+        c5_channels = c5_shape[-1 if self.data_format == "channels_last" else 1]
+        p6_channels = c5_channels if self.p6_input == "c5" else self.filters
+        any_size = lambda c: with_channels((None, None, None, None), c, self.data_format)  # noqa: E731
+        self.conv_c6_3x3.build(any_size(p6_channels))
+        self.conv_c7_3x3.build(any_size(self.filters))
         self.built = True
 
     def call(self, inputs, training=None):

@@ -96,3 +96,72 @@ def test_invalid_configuration_raises_value_error(kwargs, match):
 def test_non_positive_image_size_raises(h, w, name):
     with pytest.raises(ValueError, match=name):
         AnchorGenerator()(h, w)
+
+
+def _torchvision_anchors_numpy(height, width):
+    """torchvision's AnchorGenerator for its RetinaNets, transcribed in NumPy: xyxy
+    ``[A, 4]`` (docs/numerics.md (Anchors), torchvision variants)."""
+    f32 = np.float32
+    out = []
+    for base in (32, 64, 128, 256, 512):
+        sizes = np.asarray([base, int(base * 2 ** (1 / 3)), int(base * 2 ** (2 / 3))], f32)
+        h_ratios = np.sqrt(np.asarray([0.5, 1.0, 2.0], f32))
+        w_ratios = f32(1) / h_ratios
+        ws = (w_ratios[:, None] * sizes[None, :]).reshape(-1)
+        hs = (h_ratios[:, None] * sizes[None, :]).reshape(-1)
+        cell = np.round(np.stack([-ws, -hs, ws, hs], axis=1) / f32(2))
+        stride = base // 4
+        grid_h, grid_w = -(-height // stride), -(-width // stride)
+        sy, sx = height // grid_h, width // grid_w
+        ys, xs = np.meshgrid(np.arange(grid_h) * sy, np.arange(grid_w) * sx, indexing="ij")
+        shifts = np.stack([xs, ys, xs, ys], axis=-1).reshape(-1, 1, 4).astype(f32)
+        out.append((shifts + cell[None]).reshape(-1, 4))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("size", [(160, 224), (800, 1216), (33, 97)])
+def test_torchvision_anchors_match_its_arithmetic(size):
+    anchors = ops.convert_to_numpy(AnchorGenerator.torchvision()(*size))
+    xyxy = np.concatenate(
+        [anchors[:, :2] - anchors[:, 2:] / 2, anchors[:, :2] + anchors[:, 2:] / 2], -1
+    )
+    np.testing.assert_array_equal(xyxy, _torchvision_anchors_numpy(*size))
+
+
+def test_torchvision_anchor_sizes_hand_values():
+    gen = AnchorGenerator.torchvision()
+    # P3, the square anchors (middle ratio): 32, 40, 50; P4's 101 rounds to 100 (50.5 -> 50).
+    np.testing.assert_array_equal(gen._dims[0][3:6], [[32, 32], [40, 40], [50, 50]])
+    np.testing.assert_array_equal(gen._dims[1][3:6], [[64, 64], [80, 80], [100, 100]])
+    # w / h = 2 first, as torchvision's h / w = 0.5: 32 / sqrt(0.5) = 45.25 -> 2 * 23 = 46.
+    np.testing.assert_array_equal(gen._dims[0][0], [46, 22])
+    # A 160 x 224 input: P6 cells 3 x 4, 53 x 56 pixels apart, centred on the cell corner.
+    p6 = ops.convert_to_numpy(gen(160, 224))[9 * (20 * 28 + 10 * 14 + 5 * 7) :][: 9 * 12]
+    centers = np.unique(p6[:, :2], axis=0)
+    assert sorted({float(x) for x in centers[:, 0]}) == [0.0, 56.0, 112.0, 168.0]
+    assert sorted({float(y) for y in centers[:, 1]}) == [0.0, 53.0, 106.0]
+
+
+def test_torchvision_configuration_round_trips_through_config():
+    gen = AnchorGenerator.torchvision()
+    clone = AnchorGenerator.from_config(gen.get_config())
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(clone(96, 160)), ops.convert_to_numpy(gen(96, 160))
+    )
+    assert clone.get_config() == gen.get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sizes": [(32, 40)] * 4}, "sizes"),
+        ({"sizes": [(32, 40)] * 4 + [(64,)]}, "sizes"),
+        ({"center_offset": 1.0}, "center_offset"),
+        ({"center_offset": "half"}, "center_offset"),
+        ({"round_half_extents": 1}, "round_half_extents"),
+        ({"strides_from_image_size": "yes"}, "strides_from_image_size"),
+    ],
+)
+def test_invalid_torchvision_options_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AnchorGenerator(**kwargs)

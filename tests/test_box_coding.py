@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from keras import ops
@@ -66,3 +68,15 @@ def test_pairwise_iou_hand_cases():
     b = np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30]], "float32")
     got = ops.convert_to_numpy(pairwise_iou(a, b))
     np.testing.assert_allclose(got, [[50 / 150, 1.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
+
+
+def test_max_log_scale_clamps_width_and_height_before_exp():
+    coder = BoxCoder(variance=(1.0, 1.0, 1.0, 1.0), max_log_scale=math.log(1000.0 / 16))
+    anchors = np.array([[50.0, 50.0, 16.0, 16.0]], "float32")
+    deltas = np.array([[[0.0, 0.0, 20.0, 1.0]]], "float32")
+    boxes = ops.convert_to_numpy(coder.decode(deltas, anchors))[0, 0]
+    np.testing.assert_allclose(boxes[2] - boxes[0], 1000.0, rtol=1e-5)  # exp clamped: 16 * 62.5
+    np.testing.assert_allclose(boxes[3] - boxes[1], 16.0 * math.e, rtol=1e-5)  # under the clamp
+    assert BoxCoder.from_config(coder.get_config()).max_log_scale == coder.max_log_scale
+    with pytest.raises(ValueError, match="max_log_scale"):
+        BoxCoder(max_log_scale=float("nan"))

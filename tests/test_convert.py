@@ -185,6 +185,12 @@ def test_matches_torchvision_on_the_torch_backend(version, tmp_path):
     # torchvision's own deltas through our decoding: the same boxes up to float rounding.
     same_input = ops.convert_to_numpy(model.box_coder.decode(raw[..., :4], ours_anchors))
     np.testing.assert_allclose(same_input, decoded, atol=1e-3)
+    # Sizes that are not multiples of 32: odd C3/C4/C5 sizes (25, 13, 7 for 200 rows), where
+    # torchvision's nearest interpolation to the lateral size must equal our repeat-and-crop.
+    odd = np.random.default_rng(3).normal(0.0, 1.0, (1, 3, 200, 232)).astype("float32")
+    odd_raw, _, _ = torchvision_raw_outputs(reference, odd)
+    odd_ours = ops.convert_to_numpy(model(odd.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(odd_ours, odd_raw, rtol=1e-4, atol=1e-4 * np.abs(odd_raw).max())
     # The inverse loads into torchvision and gives back the checkpoint.
     back = to_torchvision(model)
     result = reference.load_state_dict(
@@ -192,3 +198,13 @@ def test_matches_torchvision_on_the_torch_backend(version, tmp_path):
     )
     assert not result.unexpected_keys
     assert all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+
+
+def test_converted_model_round_trips_through_a_keras_file(v2_state, tmp_path):
+    model, _ = v2_state
+    path = tmp_path / "retinanet_v2.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.cls_head.norm == "group_norm" and loaded.anchor_generator.round_half_extents
+    x = _images(1)
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))

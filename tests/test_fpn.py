@@ -77,3 +77,27 @@ def test_config_round_trip():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fpn))
     assert isinstance(clone, FeaturePyramid)
     assert clone.filters == 64 and clone.name == "pyramid"
+
+
+def test_p6_from_p5_with_symmetric_padding_is_torchvision_v1(rng):
+    """torchvision v1: P6 = conv3x3/2 (padding 1 on every side) of the finished P5."""
+    c3, c4, c5 = features(rng, 64, 64, channels=(8, 8, 16))
+    fpn = FeaturePyramid(filters=8, p6_input="p5", downsample_padding="symmetric")
+    p3, p4, p5, p6, p7 = (ops.convert_to_numpy(p) for p in fpn([c3, c4, c5]))
+    assert p6.shape == (2, 1, 1, 8) and p7.shape == (2, 1, 1, 8)
+    kernel, bias = (ops.convert_to_numpy(w) for w in fpn.conv_c6_3x3.weights)
+    padded = np.pad(p5, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [2, 4, 4, 8]
+    # The one output cell sees padded rows/columns 0..2: the zero row on top, P5's first two.
+    expected = np.einsum("nhwc,hwco->no", padded[:, :3, :3], kernel) + bias
+    np.testing.assert_allclose(p6[:, 0, 0], expected, rtol=1e-5, atol=1e-5)
+    clone = FeaturePyramid.from_config(fpn.get_config())
+    assert (clone.p6_input, clone.downsample_padding) == ("p5", "symmetric")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"p6_input": "c4"}, "p6_input"), ({"downsample_padding": "valid"}, "downsample_padding")],
+)
+def test_invalid_pyramid_options_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeaturePyramid(filters=8, **kwargs)

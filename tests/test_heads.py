@@ -66,3 +66,22 @@ def test_config_round_trip():
 def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="output_filters"):
         PredictionHead(output_filters=0)
+
+
+def test_group_norm_head_is_conv_then_norm_then_relu(rng):
+    head = PredictionHead(
+        output_filters=6, num_convs=1, filters=8, norm="group_norm", norm_groups=4
+    )
+    x = rng.standard_normal((2, 5, 5, 4)).astype("float32")
+    head(x)
+    assert not head.hidden[0].use_bias and head.norms[0].groups == 4
+    hidden = ops.convert_to_numpy(head.hidden[0](x))
+    normed = ops.convert_to_numpy(ops.relu(head.norms[0](hidden)))
+    expected = ops.convert_to_numpy(head.output_conv(normed))
+    np.testing.assert_allclose(ops.convert_to_numpy(head(x)), expected, atol=1e-5)
+    clone = PredictionHead.from_config(head.get_config())
+    assert (clone.norm, clone.norm_groups, clone.norm_epsilon) == ("group_norm", 4, 1e-5)
+    with pytest.raises(ValueError, match="norm must be"):
+        PredictionHead(output_filters=6, norm="batch_norm")
+    with pytest.raises(ValueError, match="norm_groups"):
+        PredictionHead(output_filters=6, filters=8, norm="group_norm", norm_groups=3)
