@@ -238,7 +238,9 @@ class RetinaNet(keras.Model):
         """A ``RetinaNetDetector`` sharing this model's weights.
 
         ``decoder_kwargs`` go to ``DecodePredictions`` (``confidence_threshold``,
-        ``nms_iou_threshold``, ``max_detections_per_class``, ``max_detections``).
+        ``nms_iou_threshold``, ``max_detections_per_class``, ``max_detections``,
+        ``pre_nms_top_k_per_level``, ``clip_boxes``); ``**decoder.TORCHVISION_DECODING`` is
+        torchvision's postprocessing.
         """
         decoder = DecodePredictions(
             num_classes=self.num_classes,
@@ -291,6 +293,23 @@ class RetinaNet(keras.Model):
             }
         )
         return config
+
+    @classmethod
+    def from_preset(cls, preset, *, weights=None, data_format=None, **kwargs):
+        """A ``RetinaNet`` holding a published torchvision COCO checkpoint (box AP 36.4 or
+        41.5): see :func:`keras_retinanet.presets.from_preset`.
+
+        ``preset`` is a name of ``keras_retinanet.presets.PRESETS``; ``weights`` a local copy
+        of its ``.pth`` (or ``.safetensors``), or ``None`` to download it into
+        ``$KERAS_HOME/keras_retinanet`` and verify its SHA-256. The model takes
+        ``[N, H, W, 3]`` images preprocessed as torchvision does
+        (``presets.get_preset(preset).preprocessing()``), and
+        ``model.make_detector(**presets.get_preset(preset).decoding())`` gives torchvision's
+        detections, labelled with COCO category ids.
+        """
+        from keras_retinanet.presets import from_preset
+
+        return from_preset(preset, weights=weights, data_format=data_format, **kwargs)
 
     @classmethod
     def from_config(cls, config):

@@ -1,7 +1,9 @@
 """Command-line interface: ``python -m keras_retinanet <command>`` or ``keras-retinanet``.
 
 Commands: ``train``, ``evaluate``, ``predict``, ``demo`` (shapes dataset -> train -> mAP ->
-picture, on the active ``KERAS_BACKEND``) and ``shapes`` (write the synthetic dataset).
+picture, on the active ``KERAS_BACKEND``), ``shapes`` (write the synthetic dataset) and
+``convert`` (a torchvision checkpoint -> ``.keras``). ``predict --preset NAME`` runs one of
+torchvision's published COCO models (:mod:`keras_retinanet.presets`) directly.
 
 Bad input (missing or unreadable files, malformed COCO JSON, bad numbers) ends the command
 with exit status 2 and a one-line ``keras-retinanet: error: ...`` message, like argparse's.
@@ -24,12 +26,15 @@ from keras_retinanet.cli._common import (
     fraction,
     positive,
 )
+from keras_retinanet.cli.convert import convert_command
 from keras_retinanet.cli.demo import demo_command
 from keras_retinanet.cli.evaluate import evaluate_command
 from keras_retinanet.cli.predict import predict_command
 from keras_retinanet.cli.shapes import shapes_command
 from keras_retinanet.cli.train import run_training, train_command
 from keras_retinanet.cpu_memory import keep_freed_memory
+from keras_retinanet.presets import list_presets
+from keras_retinanet.variants import TORCHVISION_VERSIONS
 
 __all__ = [
     "DEMO_ANCHOR_AREAS",
@@ -100,12 +105,56 @@ def build_parser():
     p.set_defaults(func=evaluate_command)
 
     p = sub.add_parser("predict", help="draw detections and write a COCO-results JSON")
-    p.add_argument("--model", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", help="model.keras written by train or convert (run.json beside it is used)"
+    )
+    source.add_argument(
+        "--preset",
+        choices=list_presets(),
+        help="a torchvision COCO model, converted on the fly (labels are COCO category ids)",
+    )
+    p.add_argument(
+        "--weights",
+        help="with --preset: a local copy of its .pth (or .safetensors); without it the file "
+        "is downloaded into $KERAS_HOME/keras_retinanet",
+    )
     p.add_argument("--images", required=True, nargs="+", help="image files or folders")
     _add_output_arguments(p, "runs/predict", "the pictures and detections.json")
     p.add_argument("--score-threshold", type=fraction, default=0.3)
     p.add_argument("--batch-size", type=positive(int), default=4)
+    p.add_argument(
+        "--min-side",
+        type=positive(int),
+        help="resize the short side to this (default: the model's, 800 for presets)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=positive(int),
+        help="cap on the long side after resizing (default: the model's, 1333 for presets)",
+    )
     p.set_defaults(func=predict_command)
+
+    p = sub.add_parser(
+        "convert", help="a torchvision RetinaNet checkpoint -> .keras (+ run.json beside it)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=list_presets(), help="a published COCO checkpoint")
+    source.add_argument(
+        "--version",
+        choices=TORCHVISION_VERSIONS,
+        help="a checkpoint of your own: v1 retinanet_resnet50_fpn, v2 retinanet_resnet50_fpn_v2",
+    )
+    p.add_argument(
+        "--weights",
+        help="the .pth or .safetensors state dict (needed with --version; with --preset, "
+        "default: download the published file into $KERAS_HOME/keras_retinanet)",
+    )
+    p.add_argument("--output", required=True, help="the .keras file to write")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --output and run.json beside it"
+    )
+    p.set_defaults(func=convert_command)
 
     # 800 images x 30 epochs reach mAP@0.5 ~0.85-0.9 in a few CPU minutes; 400 x 60 (the same
     # steps) overfits to ~0.82.

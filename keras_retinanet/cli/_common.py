@@ -87,12 +87,26 @@ def fraction(text):
 
 
 def sizes(run):
+    """The resize options of ``run`` (``InferenceBatches``/``DetectionDataset`` keywords)."""
     return {
         "min_side": run["min_side"],
         "max_side": run["max_side"],
         "stride": run["stride"],
         "image_size": tuple(run["image_size"]) if run.get("image_size") else None,
     }
+
+
+def with_sizes(run, min_side=None, max_side=None):
+    """``run`` with ``--min-side``/``--max-side`` overrides; either one drops a fixed
+    ``image_size``, so the resize follows the sides given."""
+    if min_side is None and max_side is None:
+        return run
+    run = {**run, "image_size": None}
+    if min_side is not None:
+        run["min_side"] = min_side
+    if max_side is not None:
+        run["max_side"] = max_side
+    return run
 
 
 def default_run():
@@ -122,3 +136,24 @@ def load_run(model_path):
     except Exception as e:  # Keras reports a bad file as ValueError, BadZipFile, KeyError, ...
         fail(f"--model {model_path!r} is not a loadable .keras model: {first_line(e)}")
     return model, run
+
+
+def load_preset(name, weights, flag="--preset"):
+    """A model converted from preset ``name``'s checkpoint (``weights``: a local file, or
+    ``None`` to download it) and the ``run.json`` entries that run it as torchvision does.
+    Exits (status 2) with the reason when the file is missing, corrupt or unreadable, or the
+    download fails."""
+    from keras_retinanet.presets import from_preset, get_preset
+
+    try:
+        preset = get_preset(name)
+    except ValueError as e:
+        fail(f"{flag}: {first_line(e)}")
+    if weights is not None:
+        require_file(weights, "--weights")
+    try:
+        # The command line's pipelines yield [N, H, W, 3] batches.
+        model = from_preset(preset, weights=weights, data_format="channels_last")
+    except Exception as e:  # also the readers' own errors (a truncated .pth or .safetensors)
+        fail(f"{flag} {preset.name}: {first_line(e)}")
+    return model, preset.run_config()

@@ -12,15 +12,26 @@ from keras_retinanet.cli._common import (
 
 
 def evaluate_model(model, run, dataset, annotations, batch_size):
+    """COCO AP of ``model`` on ``dataset``, with the resize, ``normalization`` and
+    ``decoding`` of ``run`` (as :func:`~keras_retinanet.cli.predict.draw_predictions`)."""
     from keras_retinanet.data import InferenceBatches
     from keras_retinanet.inference import evaluate_detector
 
-    batches = InferenceBatches(dataset, batch_size=batch_size, **sizes(run))
+    batches = InferenceBatches(
+        dataset,
+        batch_size=batch_size,
+        normalization=run.get("normalization", "caffe"),
+        **sizes(run),
+    )
+    category_ids = dataset.class_to_category_id
+    if run.get("torchvision_version"):
+        # A converted torchvision model's labels are COCO category ids already.
+        category_ids = run["class_to_category_id"]
     return evaluate_detector(
-        model.make_detector(),
+        model.make_detector(**run.get("decoding", {})),
         batches,
         annotations,
-        class_to_category_id=dataset.class_to_category_id,
+        class_to_category_id=category_ids,
     )
 
 

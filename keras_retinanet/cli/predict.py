@@ -8,9 +8,11 @@ from keras_retinanet.cli._common import (
     default_run,
     fail,
     first_line,
+    load_preset,
     load_run,
     require_file,
     sizes,
+    with_sizes,
 )
 
 
@@ -30,7 +32,12 @@ def image_records(image_paths):
 
 def draw_predictions(model, run, records, output, score_threshold, batch_size):
     """Detects objects in the images of ``records`` (from :func:`image_records`); writes
-    annotated PNGs and ``detections.json`` into ``output``."""
+    annotated PNGs and ``detections.json`` into ``output``.
+
+    ``run`` (``run.json``) gives the resize (``min_side``, ``max_side``, ``stride``,
+    ``image_size``), the input ``normalization`` (``"caffe"`` unless given), the
+    ``make_detector`` arguments (``decoding``; the keras.io defaults unless given), the
+    ``class_names`` and the ``class_to_category_id`` written to ``detections.json``."""
     import keras
 
     from keras_retinanet.data import InferenceBatches
@@ -38,8 +45,13 @@ def draw_predictions(model, run, records, output, score_threshold, batch_size):
     from keras_retinanet.inference import detect_batch
     from keras_retinanet.visualization import draw_detections
 
-    batches = InferenceBatches(records, batch_size=batch_size, **sizes(run))
-    detector = model.make_detector()
+    batches = InferenceBatches(
+        records,
+        batch_size=batch_size,
+        normalization=run.get("normalization", "caffe"),
+        **sizes(run),
+    )
+    detector = model.make_detector(**run.get("decoding", {}))
     names = run.get("class_names") or [str(i) for i in range(model.num_classes)]
     # Without run.json the classes are reported as their own (contiguous) category ids.
     category_ids = run.get("class_to_category_id") or list(range(model.num_classes))
@@ -104,12 +116,20 @@ def _image_paths(inputs):
 
 
 def predict_command(args):
-    require_file(args.model, "--model")  # before the (slower) image-folder scan
+    if args.weights is not None and args.preset is None:
+        fail("--weights goes with --preset (a --model .keras file holds its own weights)")
+    if args.model is not None:
+        require_file(args.model, "--model")  # before the (slower) image-folder scan
+    if args.weights is not None:
+        require_file(args.weights, "--weights")
     paths = _image_paths(args.images)
     check_output(args.output, args.overwrite)
     records = image_records(paths)  # every image decodes before the model is loaded
-    model, run = load_run(args.model)
-    run = {**default_run(), **run}
+    if args.preset is not None:
+        model, run = load_preset(args.preset, args.weights)
+    else:
+        model, run = load_run(args.model)
+    run = with_sizes({**default_run(), **run}, args.min_side, args.max_side)
     written, results = draw_predictions(
         model, run, records, args.output, args.score_threshold, args.batch_size
     )

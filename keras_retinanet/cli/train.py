@@ -71,7 +71,7 @@ def run_training(
         "stride": 128,
         "image_size": [size, size],
         "class_names": list(train_set.class_names),
-        "class_to_category_id": [int(c) for c in train_set.class_to_category_id],
+        "class_to_category_id": [int(c) for c in train_set.category_ids],
     }
     batches = DetectionDataset(
         train_set,

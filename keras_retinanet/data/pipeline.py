@@ -15,6 +15,7 @@ import numpy as np
 from keras_retinanet.data.preprocessing import (
     as_rgb,
     check_boxes,
+    check_normalization,
     check_positive,
     load_image,
     normalize_image,
@@ -288,6 +289,12 @@ class InferenceBatches:
             (``image_id`` defaults to the record's position).
         batch_size, min_side, max_side, stride, image_size, normalize: as for
             :class:`DetectionDataset`.
+        normalization: ``"caffe"`` (the default: the keras.io model's input; the padding is
+            normalised with the image, as in keras.io) or ``"torchvision"`` (models converted
+            from torchvision: torchvision's resize and normalisation, and zeros in the
+            padding, as its ``GeneralizedRCNNTransform``; ``image_size`` must be ``None``
+            and ``stride=32`` matches torchvision). See
+            :func:`~keras_retinanet.data.preprocessing.preprocess_for_inference`.
     """
 
     def __init__(
@@ -300,12 +307,19 @@ class InferenceBatches:
         stride=128,
         image_size=None,
         normalize=True,
+        normalization="caffe",
     ):
         self.records = _records_of(dataset)
         self.batch_size = _check_batch_size(batch_size)
         self.image_size = _check_sizes(min_side, max_side, stride, image_size)
         self.min_side, self.max_side, self.stride = min_side, max_side, int(stride)
         self.normalize = bool(normalize)
+        self.normalization = check_normalization(normalization)
+        if normalization == "torchvision" and self.image_size is not None:
+            raise ValueError(
+                "image_size must be None with normalization='torchvision' (torchvision's "
+                f"resize sets the size), got {image_size!r}"
+            )
         self.class_to_category_id = getattr(dataset, "class_to_category_id", None)
 
     def __len__(self):
@@ -315,6 +329,9 @@ class InferenceBatches:
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         start = index * self.batch_size
+        # caffe: pad raw pixels, then normalise the batch (padding included, as keras.io);
+        # torchvision: normalise each image, then pad with zeros (as GeneralizedRCNNTransform).
+        per_image = self.normalize and self.normalization == "torchvision"
         images, ids, ratios, sizes = [], [], [], []
         for pos in range(start, min(start + self.batch_size, len(self.records))):
             rec = self.records[pos]
@@ -325,14 +342,15 @@ class InferenceBatches:
                 max_side=self.max_side,
                 stride=self.stride,
                 image_size=self.image_size,
-                normalize=False,
+                normalize=per_image,
+                normalization=self.normalization,
             )
             images.append(image)
             ids.append(int(rec.get("image_id", pos)))
             ratios.append(ratio)
             sizes.append(pixels.shape[:2])
         batch = _stack_padded(images)
-        if self.normalize:
+        if self.normalize and not per_image:
             batch = normalize_image(batch)
         meta = {
             "image_id": np.asarray(ids, dtype="int64"),

@@ -8,6 +8,11 @@ multiple of ``stride`` -> caffe-style normalisation (:func:`normalize_image`).
 Boxes are ``[x1, y1, x2, y2]`` pixels throughout; the resize multiplies them by ``ratio`` and
 predictions on the network input map back to the original image with ``boxes / ratio``.
 Padding only adds pixels at the bottom/right, so it never moves a box.
+
+Models converted from torchvision (:mod:`keras_retinanet.presets`) take torchvision's input
+instead: ``normalization="torchvision"`` of :func:`preprocess_for_inference` reproduces its
+``GeneralizedRCNNTransform`` (:func:`torchvision_resize`, :func:`normalize_image` with
+``"torchvision"``, zero padding after normalising).
 """
 
 import math
@@ -17,6 +22,16 @@ import numpy as np
 
 #: Per-channel BGR means subtracted by ``keras.applications.resnet.preprocess_input``.
 CAFFE_BGR_MEAN = np.asarray([103.939, 116.779, 123.68], dtype="float32")
+
+#: torchvision's ``GeneralizedRCNNTransform`` normalisation of RGB in ``[0, 1]`` (the ImageNet
+#: statistics; the same numbers as ``keras_retinanet.variants.TORCHVISION_IMAGE_MEAN``/``_STD``,
+#: repeated here so that this module needs only NumPy).
+TORCHVISION_RGB_MEAN = np.asarray([0.485, 0.456, 0.406], dtype="float32")
+TORCHVISION_RGB_STD = np.asarray([0.229, 0.224, 0.225], dtype="float32")
+
+#: Input conventions of :func:`normalize_image` and :func:`preprocess_for_inference`: the
+#: keras.io model's (caffe mode, the default) and torchvision's detection models'.
+NORMALIZATIONS = ("caffe", "torchvision")
 
 #: Short-side range sampled when jittering in the keras.io example (``jitter=KERAS_IO_JITTER``).
 KERAS_IO_JITTER = (640, 1024)
@@ -86,21 +101,37 @@ def as_rgb(image):
     return image
 
 
-def normalize_image(image):
-    """Caffe-mode normalisation, equal to ``keras.applications.resnet.preprocess_input``.
+def check_normalization(normalization):
+    """``normalization`` if it is one of :data:`NORMALIZATIONS`, else a ``ValueError``."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    return normalization
 
-    RGB -> BGR, then subtract :data:`CAFFE_BGR_MEAN`; no scaling. ResNet50 ImageNet weights
-    were trained on this input, so the model expects it.
+
+def normalize_image(image, normalization="caffe"):
+    """Normalises RGB pixels for the network.
+
+    ``"caffe"`` (the default; equal to ``keras.applications.resnet.preprocess_input``): RGB ->
+    BGR, then subtract :data:`CAFFE_BGR_MEAN`; no scaling. ResNet50 ImageNet weights were
+    trained on this input, so the keras.io model expects it.
+
+    ``"torchvision"``: ``(image / 255 - TORCHVISION_RGB_MEAN) / TORCHVISION_RGB_STD``, RGB
+    order kept: what torchvision's detection models take (``ToTensor`` then
+    ``GeneralizedRCNNTransform.normalize``).
 
     Args:
         image: ``[..., H, W, 3]`` RGB pixels in ``[0, 255]`` (any numeric dtype).
+        normalization: one of :data:`NORMALIZATIONS`.
 
     Returns:
-        ``[..., H, W, 3]`` float32 BGR with the means removed.
+        ``[..., H, W, 3]`` float32.
     """
+    check_normalization(normalization)
     image = np.asarray(image, dtype="float32")
     if image.shape[-1] != 3:
         raise ValueError(f"expected 3 channels in the last axis, got shape {image.shape}")
+    if normalization == "torchvision":
+        return (image / np.float32(255.0) - TORCHVISION_RGB_MEAN) / TORCHVISION_RGB_STD
     return image[..., ::-1] - CAFFE_BGR_MEAN
 
 
@@ -148,6 +179,74 @@ def resize_image(image, size):
         for c in range(3)
     ]
     return np.stack(channels, axis=-1).astype("float32")
+
+
+def torchvision_scale(height, width, *, min_side=800, max_side=1333):
+    """torchvision's resize factor and resized size: ``(scale, (new_h, new_w))``.
+
+    ``GeneralizedRCNNTransform`` takes ``scale = min(min_side / short, max_side / long)`` and
+    resizes with ``recompute_scale_factor=True``, so each side becomes
+    ``floor(side * scale)``: a 480 x 640 image becomes 800 x 1066 (not 1067, as
+    :func:`compute_resize_ratio`'s rounding gives). Predictions map back to the original
+    image as ``boxes / scale``.
+
+    Raises:
+        ValueError: unless all four arguments are positive finite numbers.
+    """
+    for name, value in (
+        ("height", height),
+        ("width", width),
+        ("min_side", min_side),
+        ("max_side", max_side),
+    ):
+        check_positive(value, name)
+    scale = min(
+        float(min_side) / float(min(height, width)), float(max_side) / float(max(height, width))
+    )
+    size = (max(1, math.floor(float(height) * scale)), max(1, math.floor(float(width) * scale)))
+    return scale, size
+
+
+def _torch_bilinear_taps(in_size, out_size):
+    """Source indices and weights of PyTorch's ``interpolate(mode="bilinear",
+    align_corners=False)`` along one axis, given only the sizes (``recompute_scale_factor``):
+    ``src = (dst + 0.5) * step - 0.5`` clamped at 0, with ``step = in / out`` in float32 and
+    ``src`` rounded once to float32 (its CPU kernel's fused multiply-add)."""
+    step = float(np.float32(in_size) / np.float32(out_size))
+    src = (step * (np.arange(out_size, dtype="float64") + 0.5) - 0.5).astype("float32")
+    src = np.maximum(src, np.float32(0.0))
+    low = np.minimum(src.astype("int64"), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    weight_high = np.clip(src - low.astype("float32"), 0.0, 1.0).astype("float32")
+    return low, high, (np.float32(1.0) - weight_high), weight_high
+
+
+def torchvision_resize(image, *, min_side=800, max_side=1333):
+    """Resize as torchvision's ``GeneralizedRCNNTransform`` does, without padding.
+
+    Size and factor are :func:`torchvision_scale`'s; the interpolation is PyTorch's bilinear
+    with ``align_corners=False`` and no antialiasing (also when shrinking), computed in
+    float32 on the pixel values as given (no uint8 rounding), so it reproduces torchvision's
+    resized tensor up to float rounding. This is not :func:`resize_image` (Pillow), whose
+    bilinear filter widens when shrinking.
+
+    Args:
+        image: ``[H, W, 3]`` pixels (any numeric dtype; torchvision resizes after
+            normalising, which this commutes with up to float rounding).
+        min_side, max_side: torchvision's ``min_size`` (800) and ``max_size`` (1333).
+
+    Returns:
+        ``(resized, scale)``: float32 ``[floor(H * scale), floor(W * scale), 3]`` and the
+        scale (a Python float).
+    """
+    image = as_rgb(image).astype("float32", copy=False)
+    height, width = image.shape[:2]
+    scale, (new_h, new_w) = torchvision_scale(height, width, min_side=min_side, max_side=max_side)
+    y0, y1, wy0, wy1 = _torch_bilinear_taps(height, new_h)
+    x0, x1, wx0, wx1 = _torch_bilinear_taps(width, new_w)
+    rows = image[y0] * wy0[:, None, None] + image[y1] * wy1[:, None, None]  # [new_h, W, 3]
+    resized = rows[:, x0] * wx0[None, :, None] + rows[:, x1] * wx1[None, :, None]
+    return resized.astype("float32", copy=False), scale
 
 
 def check_positive(value, name):
@@ -334,14 +433,56 @@ def preprocess_for_training(
 
 
 def preprocess_for_inference(
-    image, *, min_side=800, max_side=1333, stride=128, image_size=None, normalize=True
+    image,
+    *,
+    min_side=800,
+    max_side=1333,
+    stride=128,
+    image_size=None,
+    normalize=True,
+    normalization="caffe",
 ):
     """Resize, pad and normalise one image for prediction.
+
+    ``normalization="caffe"`` (the default, the keras.io model's input): :func:`resize_and_pad`,
+    then :func:`normalize_image`, so the zero padding becomes ``-CAFFE_BGR_MEAN`` as in the
+    keras.io example.
+
+    ``normalization="torchvision"`` (models converted from torchvision): torchvision's
+    ``GeneralizedRCNNTransform``, in its order: :func:`normalize_image` with ``"torchvision"``,
+    :func:`torchvision_resize` (``image_size`` is not supported), then zeros at the
+    bottom/right up to a multiple of ``stride`` (torchvision pads normalised images with 0
+    to a multiple of 32, so pass ``stride=32`` to match it exactly).
+
+    Args:
+        image: ``[H, W, 3]`` RGB pixels in ``[0, 255]``.
+        min_side, max_side, stride, image_size: resize options (see :func:`resize_and_pad`).
+        normalize: normalise (set ``False`` to inspect the resized, padded raw pixels).
+        normalization: one of :data:`NORMALIZATIONS`.
 
     Returns:
         ``(image, ratio)``: float32 ``[H', W', 3]`` and the scale; predicted boxes map back
         to the original image as ``boxes / ratio``.
+
+    Raises:
+        ValueError: for an invalid ``image`` (see :func:`as_rgb`), bad resize options, an
+            unknown ``normalization``, or ``image_size`` with ``"torchvision"``.
     """
+    check_normalization(normalization)
+    if normalization == "torchvision":
+        if image_size is not None:
+            raise ValueError(
+                "image_size must be None with normalization='torchvision' (torchvision's "
+                f"resize sets the size), got {image_size!r}"
+            )
+        check_positive(stride, "stride")
+        if normalize:  # torchvision normalises, then resizes
+            image = normalize_image(as_rgb(image), "torchvision")
+        resized, ratio = torchvision_resize(image, min_side=min_side, max_side=max_side)
+        new_h, new_w = resized.shape[:2]
+        padded = np.zeros((_padded_size(new_h, stride), _padded_size(new_w, stride), 3), "float32")
+        padded[:new_h, :new_w] = resized
+        return padded, ratio
     padded, ratio = resize_and_pad(
         image, min_side=min_side, max_side=max_side, stride=stride, image_size=image_size
     )
