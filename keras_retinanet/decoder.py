@@ -385,6 +385,16 @@ class RetinaNetDetector(keras.Model):
             validate_images(x, self.model.data_format)
         return super().predict(x, *args, **kwargs)
 
+    def export(self, filepath, format="tf_saved_model", verbose=True, *, image_size=None, **kwargs):
+        """Writes the detector, NMS included, as one artifact (``keras.Model.export``'s
+        signature): ``"tf_saved_model"`` from TensorFlow or JAX, ``"onnx"`` from PyTorch. See
+        :func:`keras_retinanet.export.export_detector`."""
+        from keras_retinanet.export import export_detector
+
+        if kwargs:
+            raise ValueError(f"unexpected export arguments: {sorted(kwargs)}")
+        return export_detector(self, filepath, format, image_size=image_size, verbose=verbose)
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -2,7 +2,8 @@
 
 Commands: ``train``, ``evaluate``, ``predict``, ``demo`` (shapes dataset -> train -> mAP ->
 picture, on the active ``KERAS_BACKEND``), ``shapes`` (write the synthetic dataset) and
-``convert`` (a torchvision checkpoint -> ``.keras``). ``predict --preset NAME`` runs one of
+``convert`` (a torchvision checkpoint -> ``.keras``), ``export`` (the detector with its NMS as a
+TF SavedModel or an ONNX file). ``predict --preset NAME`` runs one of
 torchvision's published COCO models (:mod:`keras_retinanet.presets`) directly.
 
 Bad input (missing or unreadable files, malformed COCO JSON, bad numbers) ends the command
@@ -29,6 +30,7 @@ from keras_retinanet.cli._common import (
 from keras_retinanet.cli.convert import convert_command
 from keras_retinanet.cli.demo import demo_command
 from keras_retinanet.cli.evaluate import evaluate_command
+from keras_retinanet.cli.export import export_command
 from keras_retinanet.cli.predict import predict_command
 from keras_retinanet.cli.shapes import shapes_command
 from keras_retinanet.cli.train import run_training, train_command
@@ -155,6 +157,31 @@ def build_parser():
         "--overwrite", action="store_true", help="replace --output and run.json beside it"
     )
     p.set_defaults(func=convert_command)
+
+    p = sub.add_parser(
+        "export",
+        help="the detector, NMS included, as a TF SavedModel (TF, JAX) or ONNX file (PyTorch)",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model.keras written by train or convert")
+    source.add_argument("--preset", choices=list_presets(), help="a published COCO checkpoint")
+    p.add_argument("--weights", help="with --preset: a local copy of its .pth")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("tf_saved_model", "onnx"),
+        help="tf_saved_model from the TensorFlow or JAX backend, onnx from PyTorch",
+    )
+    p.add_argument("--output", required=True, help="the SavedModel folder or .onnx file")
+    p.add_argument(
+        "--image-size",
+        type=positive(int),
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        help="fix the input size (needed for onnx and for JAX; TensorFlow takes any size)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --output")
+    p.set_defaults(func=export_command)
 
     # 800 images x 30 epochs reach mAP@0.5 ~0.85-0.9 in a few CPU minutes; 400 x 60 (the same
     # steps) overfits to ~0.82.
