@@ -25,6 +25,14 @@ SECTIONS = [
         "`python benchmarks/nms.py`: keras.io decoder settings (100 per class, 100 in total, "
         "IoU 0.5, score 0.05).",
     ),
+    (
+        "export.md",
+        "Exported detector (NMS inside) against detector.predict",
+        "`python benchmarks/export.py`: each backend exports `model.make_detector()` (SavedModel "
+        "from TensorFlow and JAX, ONNX from PyTorch), then times the loaded artifact against "
+        "`detector.predict(x, verbose=0)` on the same image, alternating, and checks that their "
+        "detections agree.",
+    ),
 ]
 
 

@@ -6,7 +6,6 @@ import os
 import keras
 
 from keras_retinanet.layout import standardize_data_format
-from keras_retinanet.torchvision_backbone import torchvision_resnet50_backbone
 
 #: Layer names of the C3/C4/C5 outputs in ``keras.applications.ResNet50``
 #: (docs/numerics.md, "Model layout").
@@ -117,6 +116,13 @@ def compact_backbone(*, weights=None, input_shape=(None, None, 3), widths=(32, 6
         x = _basic_block(x, width, 2, f"stage{i + 2}")
         features.append(x)
     model = keras.Model(inputs, features[1:], name="compact_backbone")
+    return load_weights_file(model, weights)
+
+
+def load_weights_file(model, weights):
+    """``model`` with ``weights`` loaded: ``None`` (keep the initialisation) or the path of a
+    local ``.weights.h5`` file saved from a model of the same layout (``ValueError`` when it is
+    not an existing file)."""
     if weights is not None:
         weights = os.fspath(weights)
         if not os.path.isfile(weights):
@@ -125,10 +131,17 @@ def compact_backbone(*, weights=None, input_shape=(None, None, 3), widths=(32, 6
     return model
 
 
+def _torchvision_resnet50(**kwargs):
+    # Imported when used: torchvision_backbone itself uses this module's helpers.
+    from keras_retinanet.torchvision_backbone import torchvision_resnet50_backbone
+
+    return torchvision_resnet50_backbone(**kwargs)
+
+
 _BACKBONES = {
     "resnet50": resnet50_backbone,
     "compact": compact_backbone,
-    "torchvision_resnet50": torchvision_resnet50_backbone,
+    "torchvision_resnet50": _torchvision_resnet50,
 }
 
 

@@ -14,10 +14,10 @@ Every feature map has size ``ceil(H / stride)``, as in PyTorch. docs/numerics.md
 layout" (torchvision variants) lists the whole layout.
 """
 
-import os
-
 import keras
 from keras import layers
+
+from keras_retinanet.backbone import load_weights_file
 
 #: Bottleneck blocks and output channels of the four stages (``layer1`` .. ``layer4``).
 STAGES = ((3, 256), (4, 512), (6, 1024), (3, 2048))
@@ -114,9 +114,4 @@ def torchvision_resnet50_backbone(
             )
         features.append(x)
     model = keras.Model(inputs, features[1:], name="torchvision_resnet50_backbone")
-    if weights is not None:
-        weights = os.fspath(weights)
-        if not os.path.isfile(weights):
-            raise ValueError(f"weights must be None or an existing file, got {weights!r}")
-        model.load_weights(weights)
-    return model
+    return load_weights_file(model, weights)

@@ -143,13 +143,7 @@ def compute_resize_ratio(height, width, *, min_side=800, max_side=1333):
         ValueError: unless ``height``, ``width``, ``min_side`` and ``max_side`` are positive
             finite numbers.
     """
-    for name, value in (
-        ("height", height),
-        ("width", width),
-        ("min_side", min_side),
-        ("max_side", max_side),
-    ):
-        check_positive(value, name)
+    _check_sides(height, width, min_side, max_side)
     ratio = float(min_side) / float(min(height, width))
     if ratio * max(height, width) > max_side:
         ratio = float(max_side) / float(max(height, width))
@@ -193,13 +187,7 @@ def torchvision_scale(height, width, *, min_side=800, max_side=1333):
     Raises:
         ValueError: unless all four arguments are positive finite numbers.
     """
-    for name, value in (
-        ("height", height),
-        ("width", width),
-        ("min_side", min_side),
-        ("max_side", max_side),
-    ):
-        check_positive(value, name)
+    _check_sides(height, width, min_side, max_side)
     scale = min(
         float(min_side) / float(min(height, width)), float(max_side) / float(max(height, width))
     )
@@ -247,6 +235,17 @@ def torchvision_resize(image, *, min_side=800, max_side=1333):
     rows = image[y0] * wy0[:, None, None] + image[y1] * wy1[:, None, None]  # [new_h, W, 3]
     resized = rows[:, x0] * wx0[None, :, None] + rows[:, x1] * wx1[None, :, None]
     return resized.astype("float32", copy=False), scale
+
+
+def _check_sides(height, width, min_side, max_side):
+    """``ValueError`` naming the first of the four that is not a positive finite number."""
+    for name, value in (
+        ("height", height),
+        ("width", width),
+        ("min_side", min_side),
+        ("max_side", max_side),
+    ):
+        check_positive(value, name)
 
 
 def check_positive(value, name):

@@ -14,6 +14,7 @@ padding of ``detector.predict``. The batch size is dynamic; see each format for 
 """
 
 import keras
+import numpy as np
 
 #: format -> backends that can write it.
 FORMATS = {"tf_saved_model": ("tensorflow", "jax"), "onnx": ("torch",)}
@@ -53,11 +54,15 @@ def export_detector(detector, filepath, format="tf_saved_model", *, image_size=N
     check_format(format)
     if image_size is not None:
         try:
-            image_size = tuple(int(s) for s in image_size)
-        except (TypeError, ValueError):
-            image_size = ()
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise ValueError(f"image_size must be None or (height, width), got {image_size!r}")
+            sizes = tuple(image_size)
+        except TypeError:
+            sizes = ()
+        integers = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in sizes)
+        if len(sizes) != 2 or not integers or min(sizes) < 1:
+            raise ValueError(
+                f"image_size must be None or (height, width) positive integers, got {image_size!r}"
+            )
+        image_size = tuple(int(s) for s in sizes)
     if format == "tf_saved_model":
         from keras_retinanet.export._saved_model import export_saved_model
 
