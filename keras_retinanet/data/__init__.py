@@ -5,6 +5,13 @@ resized or generated.
 """
 
 from keras_retinanet.data.coco import CocoDataset, load_coco, write_coco
+from keras_retinanet.data.csv_dataset import (
+    CsvDataset,
+    load_csv,
+    read_csv_classes,
+    records_to_coco,
+    write_csv,
+)
 from keras_retinanet.data.pipeline import DetectionDataset, InferenceBatches
 from keras_retinanet.data.preprocessing import (
     CAFFE_BGR_MEAN,
@@ -24,25 +31,36 @@ from keras_retinanet.data.shapes import (
     generate_shapes_dataset,
     render_shapes_image,
 )
+from keras_retinanet.data.voc import VOC_CLASSES, VOC_SPLITS, VocDataset, load_voc, write_voc
 
 __all__ = [
     "CAFFE_BGR_MEAN",
     "KERAS_IO_JITTER",
     "SHAPE_CLASSES",
+    "VOC_CLASSES",
+    "VOC_SPLITS",
     "CocoDataset",
+    "CsvDataset",
+    "VocDataset",
     "DetectionDataset",
     "InferenceBatches",
     "ShapesDatasetPaths",
     "compute_resize_ratio",
     "generate_shapes_dataset",
     "load_coco",
+    "load_csv",
     "load_image",
+    "load_voc",
     "normalize_image",
     "preprocess_for_inference",
     "preprocess_for_training",
     "random_flip_horizontal",
+    "read_csv_classes",
+    "records_to_coco",
     "render_shapes_image",
     "resize_and_pad",
     "resize_image",
     "write_coco",
+    "write_csv",
+    "write_voc",
 ]
