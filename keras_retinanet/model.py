@@ -231,8 +231,13 @@ class RetinaNet(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def compile_from_config(self, config):
-        """Restores ``compile()`` arguments from a ``.keras`` file (optimizer state included)."""
-        super().compile_from_config(config)
+        """Restores ``compile()`` arguments from a ``.keras`` file; the optimizer's variables
+        are created here so that the file's optimizer state (step count, momenta) loads into
+        them. (Keras' own version skips models that override ``compile``, as this one does.)"""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def make_detector(self, **decoder_kwargs):
         """A ``RetinaNetDetector`` sharing this model's weights.
