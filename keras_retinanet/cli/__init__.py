@@ -97,6 +97,11 @@ def build_parser():
     p.add_argument("--eval-every", type=positive(int), default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last completed epoch in --output (optimizer state included)",
+    )
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("evaluate", help="COCO AP of a trained model")

@@ -43,6 +43,7 @@ def demo_command(args):
         workers=1,
         seed=args.seed,
         eval_every=1,
+        resume=False,
         verbose=args.verbose,
     )
     val_set = CocoDataset(paths.val_annotations, paths.val_images)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import time
 
 from keras_retinanet.cli._common import (
@@ -10,6 +11,7 @@ from keras_retinanet.cli._common import (
     RUN_FILE,
     check_output,
     fail,
+    first_line,
     load_coco,
     require_dir,
     require_file,
@@ -38,15 +40,21 @@ def run_training(
     seed=0,
     eval_every=5,
     verbose=1,
+    resume=False,
 ):
-    """Trains a RetinaNet; writes ``model.keras`` and ``run.json`` into ``output`` and
-    returns ``(model, run)``. The keywords are the ``train`` flags, with the same defaults."""
+    """Trains a RetinaNet; writes ``model.keras``, ``checkpoint.json`` (the completed epochs)
+    and ``run.json`` into ``output`` and returns ``(model, run)``. The keywords are the
+    ``train`` flags, with the same defaults.
+
+    The model is saved atomically after every epoch (a kill never leaves a broken file, and
+    the previous one survives); ``resume=True`` continues from the last completed epoch of
+    ``output`` with the saved optimizer state. A NaN or Inf loss stops training at once, keeps
+    the last good checkpoint and exits with status 3."""
     import keras
 
     from keras_retinanet import AnchorGenerator, RetinaNet
-    from keras_retinanet.data import DetectionDataset, InferenceBatches
-    from keras_retinanet.evaluation import CocoEvaluationCallback
-    from keras_retinanet.inference import detect_batch
+    from keras_retinanet.checkpoint import CheckpointError, resume_state
+    from keras_retinanet.data import DetectionDataset
 
     require_file(train_annotations, "--train-annotations")
     require_dir(train_images, "--train-images")
@@ -55,7 +63,7 @@ def run_training(
     if val_annotations is not None:
         require_file(val_annotations, "--val-annotations")
         require_dir(val_images, "--val-images")
-    check_output(output, overwrite)
+    check_output(output, overwrite or resume)
     train_set = load_coco(train_annotations, train_images, "--train-annotations")
     if len(train_set) == 0:
         fail(f"--train-annotations {train_annotations!r} lists no images")
@@ -83,6 +91,35 @@ def run_training(
     )
     areas = DEMO_ANCHOR_AREAS if anchors == "small" else None
     anchor_generator = AnchorGenerator(areas=areas) if areas else AnchorGenerator()
+    initial_epoch = 0
+    if resume:
+        try:
+            model, initial_epoch = resume_state(output)
+        except CheckpointError as e:
+            fail(f"--resume: {first_line(e)}")
+        if model is None:
+            fail(f"--resume: {output!r} holds no checkpoint (model.keras + checkpoint.json)")
+        if model.num_classes != train_set.num_classes:
+            fail(
+                f"--resume: the checkpoint has {model.num_classes} classes, the training set "
+                f"{train_set.num_classes}"
+            )
+        if initial_epoch >= epochs:
+            print(f"{output!r} already holds {initial_epoch} epochs (--epochs {epochs})")
+            return model, run
+        return _fit(
+            model,
+            run,
+            batches,
+            val_set,
+            val_annotations,
+            output,
+            epochs,
+            initial_epoch,
+            batch_size,
+            eval_every,
+            verbose,
+        )
     model = RetinaNet(
         num_classes=train_set.num_classes,
         backbone=backbone,
@@ -102,8 +139,44 @@ def run_training(
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, RUN_FILE), "w") as f:
         json.dump(run, f, indent=2)
+    return _fit(
+        model,
+        run,
+        batches,
+        val_set,
+        val_annotations,
+        output,
+        epochs,
+        initial_epoch,
+        batch_size,
+        eval_every,
+        verbose,
+    )
+
+
+def _fit(
+    model,
+    run,
+    batches,
+    val_set,
+    val_annotations,
+    output,
+    epochs,
+    initial_epoch,
+    batch_size,
+    eval_every,
+    verbose,
+):
+    """``model.fit`` from ``initial_epoch`` with atomic per-epoch checkpoints and a stop on a
+    non-finite loss (exit status 3, last good checkpoint kept)."""
+    from keras_retinanet.checkpoint import AtomicModelCheckpoint, StopOnNonFiniteLoss
+    from keras_retinanet.data import InferenceBatches
+    from keras_retinanet.evaluation import CocoEvaluationCallback
+    from keras_retinanet.inference import detect_batch
+
     model_path = os.path.join(output, "model.keras")
-    callbacks = []
+    stopper = StopOnNonFiniteLoss()
+    callbacks = [stopper]
     if val_set is not None:
         detector = model.make_detector()
         callbacks.append(
@@ -115,10 +188,23 @@ def run_training(
                 class_to_category_id=val_set.class_to_category_id,
             )
         )
-    callbacks.append(keras.callbacks.ModelCheckpoint(model_path))
+    callbacks.append(AtomicModelCheckpoint(output, stopper=stopper))
     start = time.time()
-    model.fit(batches, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    print(f"trained {epochs} epochs in {time.time() - start:.0f} s -> {model_path}")
+    try:
+        model.fit(
+            batches,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    except OSError as e:  # a checkpoint could not be written (disk full, permissions)
+        fail(first_line(e))
+    if stopper.nonfinite:
+        print(f"keras-retinanet: error: {stopper.message}", file=sys.stderr)
+        raise SystemExit(3)
+    done = epochs - initial_epoch
+    print(f"trained {done} epochs in {time.time() - start:.0f} s -> {model_path}")
     return model, run
 
 
