@@ -107,38 +107,26 @@ def run_training(
         if initial_epoch >= epochs:
             print(f"{output!r} already holds {initial_epoch} epochs (--epochs {epochs})")
             return model, run
-        return _fit(
-            model,
-            run,
-            batches,
-            val_set,
-            val_annotations,
-            output,
-            epochs,
-            initial_epoch,
-            batch_size,
-            eval_every,
-            verbose,
+    if not resume:  # a new model (a resumed one comes compiled, with its optimizer state)
+        model = RetinaNet(
+            num_classes=train_set.num_classes,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            anchor_generator=anchor_generator,
+            fpn_filters=fpn_filters,
+            head_convs=head_convs,
+            data_format="channels_last",  # the data pipeline yields [N, H, W, 3] batches
         )
-    model = RetinaNet(
-        num_classes=train_set.num_classes,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        anchor_generator=anchor_generator,
-        fpn_filters=fpn_filters,
-        head_convs=head_convs,
-        data_format="channels_last",  # the data pipeline yields [N, H, W, 3] batches
-    )
-    steps = epochs * len(batches)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps, warmup_target=learning_rate, warmup_steps=max(1, min(100, steps // 10))
-    )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, global_clipnorm=10.0)
-    )
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, RUN_FILE), "w") as f:
-        json.dump(run, f, indent=2)
+        steps = epochs * len(batches)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, steps, warmup_target=learning_rate, warmup_steps=max(1, min(100, steps // 10))
+        )
+        model.compile(
+            optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, global_clipnorm=10.0)
+        )
+        os.makedirs(output, exist_ok=True)
+        with open(os.path.join(output, RUN_FILE), "w") as f:
+            json.dump(run, f, indent=2)
     return _fit(
         model,
         run,
