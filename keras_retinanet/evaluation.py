@@ -2,7 +2,9 @@
 
 Predictions on the network input are mapped back to the original images with
 :func:`detections_to_coco_results` (``boxes / ratio``, clipped, xyxy -> xywh) and scored by
-:func:`evaluate_coco`, which returns the twelve standard COCO statistics by name.
+:func:`evaluate_coco`, which returns the twelve standard COCO statistics by name and, from the
+same pycocotools run, a per-category breakdown (``stats["per_class"]``) that
+:func:`format_per_class_table` prints as a table.
 """
 
 import contextlib
@@ -118,7 +120,10 @@ def evaluate_coco(ground_truth, detections, *, image_ids=None, verbose=False):
         Dict ``{name: float}`` for the names in :data:`COCO_STAT_NAMES` (``AP`` is
         mAP@[.5:.95], ``AP50`` mAP@0.5, ...). pycocotools reports ``-1`` for a statistic with
         no ground truth (for example ``APs`` without small objects). With no detections at all
-        every statistic that has ground truth is 0.
+        every statistic that has ground truth is 0. The dict also holds ``"per_class"``: the
+        list of :func:`per_class_stats` of this same evaluation, one entry per ground-truth
+        category ordered by category id; the mean of its ``AP`` over the categories with
+        ground truth is ``AP`` (likewise ``AP50``, ``AP75``).
     """
     COCO, COCOeval = _pycocotools()
     gt = load_ground_truth(ground_truth, verbose=verbose)
@@ -154,7 +159,136 @@ def evaluate_coco(ground_truth, detections, *, image_ids=None, verbose=False):
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=True)}
+    stats = {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=True)}
+    stats["per_class"] = per_class_stats(evaluator)
+    return stats
+
+
+def _mean_precision(precision):
+    """Mean of the entries of ``precision`` > -1 (pycocotools' ``summarize``); -1 if none."""
+    valid = precision[precision > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def per_class_stats(evaluator):
+    """Per-category AP, AP50, AP75 and counts of an evaluated ``COCOeval``.
+
+    Read from the arrays that ``evaluator.accumulate()`` filled, so they describe exactly the
+    run whose ``summarize()`` gave the overall numbers (no second evaluation).
+    ``evaluator.eval["precision"]`` is ``[T, R, K, A, M]``: T = 10 IoU thresholds
+    0.5:0.05:0.95, R = 101 recall points, K = ``params.catIds``, A = 4 area ranges, M = 3
+    ``maxDets``. As in the overall ``AP`` we take area ``"all"`` and ``maxDets`` 100 and average
+    the entries > -1: over every IoU threshold for ``AP``, the IoU 0.5 row for ``AP50`` and
+    the 0.75 row for ``AP75``. A category with ground truth has all its T x R entries set,
+    so the mean of the per-category ``AP`` over those categories equals pycocotools' ``AP``.
+
+    A category without (non-crowd) ground truth in the evaluated images has no precision
+    values; its APs are ``-1.0``, pycocotools' own marker (as ``stats["APs"]`` without small
+    objects), chosen over ``None``/NaN so every AP is a float and the dict stays plain JSON.
+    Its detections are not scored against any category. :func:`format_per_class_table`
+    prints such APs as ``n/a``.
+
+    Args:
+        evaluator: a ``pycocotools.cocoeval.COCOeval`` after ``evaluate()`` and
+            ``accumulate()`` with the default ``useCats=1``.
+
+    Returns:
+        List, ordered by category id, of dicts ``{"category_id": int, "name": str,
+        "AP": float, "AP50": float, "AP75": float, "num_gt": int, "num_detections": int}``.
+        ``num_gt`` counts the ground-truth boxes that AP is computed against (not crowd,
+        area within the ``"all"`` range) and ``num_detections`` every detection of the
+        category, both in the evaluated images (``params.imgIds``).
+    """
+    params = evaluator.params
+    precision = evaluator.eval["precision"]
+    area = params.areaRngLbl.index("all")
+    max_dets = list(params.maxDets).index(100)
+    iou50 = int(np.argmin(np.abs(params.iouThrs - 0.5)))
+    iou75 = int(np.argmin(np.abs(params.iouThrs - 0.75)))
+    low, high = params.areaRng[area]
+    image_ids = list(params.imgIds)
+    gt, dt = evaluator.cocoGt, evaluator.cocoDt
+    num_gt, num_det = {}, {}
+    for ann in gt.loadAnns(gt.getAnnIds(imgIds=image_ids)):
+        if not ann.get("iscrowd", 0) and low <= ann.get("area", 0) <= high:
+            num_gt[ann["category_id"]] = num_gt.get(ann["category_id"], 0) + 1
+    for ann in dt.loadAnns(dt.getAnnIds(imgIds=image_ids)):
+        num_det[ann["category_id"]] = num_det.get(ann["category_id"], 0) + 1
+
+    per_class = []
+    for k, category_id in enumerate(params.catIds):
+        p = precision[:, :, k, area, max_dets]  # [T, R]
+        category = gt.cats.get(category_id, {})
+        per_class.append(
+            {
+                "category_id": int(category_id),
+                "name": str(category.get("name", category_id)),
+                "AP": _mean_precision(p),
+                "AP50": _mean_precision(p[iou50]),
+                "AP75": _mean_precision(p[iou75]),
+                "num_gt": int(num_gt.get(category_id, 0)),
+                "num_detections": int(num_det.get(category_id, 0)),
+            }
+        )
+    return sorted(per_class, key=lambda row: row["category_id"])
+
+
+def _mean_of_valid(per_class, key):
+    values = [row[key] for row in per_class if row[key] is not None and row[key] >= 0]
+    return float(np.mean(values)) if values else -1.0
+
+
+def format_per_class_table(per_class, *, digits=4):
+    """Plain-text table of :func:`per_class_stats`, one aligned row per category.
+
+    Columns ``id  category  AP  AP50  AP75  #gt  #det``; an AP below 0 (no ground truth)
+    shows as ``n/a``. The final ``all`` row averages each AP column over the categories that
+    have ground truth, which is the overall COCO ``AP``/``AP50``/``AP75``, and totals the
+    counts.
+
+    Args:
+        per_class: ``stats["per_class"]`` of :func:`evaluate_coco` (or the same list read back
+            from JSON).
+        digits: decimals of the AP columns (4, as the ``evaluate`` command's summary lines).
+
+    Returns:
+        The table as one string without a trailing newline.
+    """
+
+    def ap(value):
+        return "n/a" if value is None or value < 0 else f"{value:.{digits}f}"
+
+    header = ("id", "category", "AP", "AP50", "AP75", "#gt", "#det")
+    rows = [
+        (
+            str(row["category_id"]),
+            str(row["name"]),
+            ap(row["AP"]),
+            ap(row["AP50"]),
+            ap(row["AP75"]),
+            str(row["num_gt"]),
+            str(row["num_detections"]),
+        )
+        for row in per_class
+    ]
+    total = (
+        "",
+        "all",
+        *(ap(_mean_of_valid(per_class, key)) for key in ("AP", "AP50", "AP75")),
+        str(sum(int(row["num_gt"]) for row in per_class)),
+        str(sum(int(row["num_detections"]) for row in per_class)),
+    )
+    widths = [max(len(r[i]) for r in (header, *rows, total)) for i in range(len(header))]
+
+    def line(cells):
+        # The category name is left-aligned, numbers right-aligned.
+        return "  ".join(
+            cell.ljust(w) if i == 1 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "-" * len(line(tuple("x" * w for w in widths)))
+    return "\n".join([line(header), rule, *(line(r) for r in rows), rule, line(total)])
 
 
 def detections_to_coco_results(
@@ -253,6 +387,10 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         metrics: statistic names to log.
         prefix: key prefix in ``logs``.
         verbose: print the pycocotools tables.
+        per_class_logs: also log ``f"{prefix}AP50/{name}"`` for every category with ground
+            truth in the evaluated images (``name`` from the annotation file, whitespace
+            replaced by ``_`` so TensorBoard keeps the tag as is). Categories without ground
+            truth have no AP and are left out; the set of keys is the same every epoch.
     """
 
     def __init__(
@@ -266,6 +404,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         metrics=("AP", "AP50", "AP75"),
         prefix="val_",
         verbose=False,
+        per_class_logs=False,
     ):
         super().__init__()
         if int(every_n_epochs) <= 0:
@@ -282,6 +421,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.metrics = tuple(metrics)
         self.prefix = prefix
         self.verbose = verbose
+        self.per_class_logs = bool(per_class_logs)
         self._ground_truth = load_ground_truth(annotation_file, verbose=verbose)
         self.last_results = None
 
@@ -313,3 +453,8 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         if logs is not None:
             for name in self.metrics:
                 logs[f"{self.prefix}{name}"] = stats[name]
+            if self.per_class_logs:
+                for row in stats["per_class"]:
+                    if row["AP50"] >= 0:
+                        name = "_".join(row["name"].split()) or str(row["category_id"])
+                        logs[f"{self.prefix}AP50/{name}"] = row["AP50"]

@@ -256,8 +256,10 @@ def test_train_and_demo_go_through_the_same_training_function(tmp_path, monkeypa
     options = calls[1]
     assert os.path.isfile(options.pop("train_annotations"))
     assert os.path.isdir(options.pop("train_images"))
-    assert options == {
+    # The demo names what it sets; everything else is run_training's default.
+    assert {**defaults, **options} == {
         **defaults,
+        "recipe": "demo",
         "output": cli.DEMO_OUTPUT,
         "overwrite": True,
         "epochs": 3,

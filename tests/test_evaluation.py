@@ -12,6 +12,7 @@ from keras_retinanet.evaluation import (  # noqa: E402
     CocoEvaluationCallback,
     detections_to_coco_results,
     evaluate_coco,
+    format_per_class_table,
 )
 
 CATEGORY_IDS = [5, 9]
@@ -81,7 +82,7 @@ def test_perfect_predictions_score_one(ground_truth):
         "score": 0.9,
     }
     stats = evaluate_coco(path, results)
-    assert set(stats) == set(COCO_STAT_NAMES)
+    assert set(stats) == {*COCO_STAT_NAMES, "per_class"}
     assert stats["AP"] == pytest.approx(1.0)
     assert stats["AP50"] == pytest.approx(1.0)
     assert stats["AP75"] == pytest.approx(1.0)
@@ -184,3 +185,191 @@ def test_callback_logs_ap(ground_truth):
     logs = {}
     empty.on_epoch_end(0, logs)
     assert logs["val_AP"] == 0.0
+
+
+# ------------------------------------------------------------------------ per-class AP
+
+
+def _coco_dict(annotations, categories, num_images=3, size=200):
+    """A COCO ground-truth dict; ``annotations``: ``(image_id, category_id, xywh, iscrowd)``."""
+    return {
+        "images": [
+            {"id": i, "file_name": f"{i}.png", "height": size, "width": size}
+            for i in range(1, num_images + 1)
+        ],
+        "categories": [{"id": cid, "name": name} for cid, name in categories],
+        "annotations": [
+            {
+                "id": n,
+                "image_id": image_id,
+                "category_id": cid,
+                "bbox": list(map(float, box)),
+                "area": float(box[2] * box[3]),
+                "iscrowd": int(crowd),
+            }
+            for n, (image_id, cid, box, crowd) in enumerate(annotations, start=1)
+        ],
+    }
+
+
+def _det(image_id, category_id, box, score=0.9):
+    return {"image_id": image_id, "category_id": category_id, "bbox": list(box), "score": score}
+
+
+def _by_id(stats):
+    return {row["category_id"]: row for row in stats["per_class"]}
+
+
+def test_per_class_mean_equals_the_overall_ap():
+    """The defining property: the per-class APs average to pycocotools' own AP (random,
+    noisy detections of several classes, crowd boxes, a class without ground truth)."""
+    rng = np.random.default_rng(3)
+    categories = [(2, "cat"), (4, "dog"), (7, "traffic light"), (9, "unseen")]
+    num_images = 12
+    gt, dets = [], []
+    for image_id in range(1, num_images + 1):
+        for _ in range(rng.integers(1, 6)):
+            cid = int(rng.choice([2, 4, 7]))
+            x, y = rng.uniform(0, 150, 2)
+            w, h = rng.uniform(4, 60, 2)
+            crowd = rng.random() < 0.1
+            gt.append((image_id, cid, [x, y, w, h], crowd))
+            for _ in range(rng.integers(0, 3)):  # noisy copies, sometimes of the wrong class
+                jitter = rng.normal(0, 0.15, 4) * [w, h, w, h]
+                box = np.maximum([x, y, w, h] + jitter, [0, 0, 1, 1])
+                wrong = rng.random() < 0.2
+                dets.append(_det(image_id, 9 if wrong else cid, box, float(rng.random())))
+        for _ in range(rng.integers(0, 3)):  # pure false positives
+            dets.append(
+                _det(
+                    image_id,
+                    int(rng.choice([2, 4, 7])),
+                    [*rng.uniform(0, 150, 2), 20, 20],
+                    float(rng.random()),
+                )
+            )
+    truth = _coco_dict(gt, categories, num_images)
+    for image_ids in (None, [1, 2, 3, 5, 8]):
+        stats = evaluate_coco(truth, dets, image_ids=image_ids)
+        per_class = stats["per_class"]
+        assert [row["category_id"] for row in per_class] == [2, 4, 7, 9]
+        assert [row["name"] for row in per_class] == ["cat", "dog", "traffic light", "unseen"]
+        with_gt = [row for row in per_class if row["num_gt"] > 0]
+        assert 0.0 < stats["AP"] < 1.0 and len(with_gt) == 3
+        for key in ("AP", "AP50", "AP75"):
+            assert np.mean([row[key] for row in with_gt]) == pytest.approx(stats[key], abs=1e-9)
+        assert _by_id(stats)[9]["AP"] == -1.0 and _by_id(stats)[9]["num_detections"] > 0
+        images = set(image_ids or range(1, num_images + 1))
+        for row in per_class:
+            cid = row["category_id"]
+            assert row["num_gt"] == sum(
+                1 for i, c, _, crowd in gt if c == cid and i in images and not crowd
+            )
+            assert row["num_detections"] == sum(
+                1 for d in dets if d["category_id"] == cid and d["image_id"] in images
+            )
+        json.loads(json.dumps(stats))  # plain JSON all through
+        last = format_per_class_table(per_class).splitlines()[-1].split()
+        assert last[:4] == [
+            "all",
+            f"{stats['AP']:.4f}",
+            f"{stats['AP50']:.4f}",
+            f"{stats['AP75']:.4f}",
+        ]
+
+
+def test_per_class_hand_made_cases():
+    """A perfect class (AP 1), a missed class (AP 0), a class without ground truth and a
+    class whose only ground truth is a crowd box (both -1, shown as n/a)."""
+    categories = [(1, "found"), (2, "missed"), (3, "absent"), (4, "crowd only")]
+    truth = _coco_dict(
+        [
+            (1, 1, [10, 10, 40, 40], False),
+            (2, 1, [50, 60, 30, 20], False),
+            (1, 2, [100, 100, 50, 50], False),
+            (3, 4, [0, 0, 120, 120], True),
+        ],
+        categories,
+    )
+    dets = [
+        _det(1, 1, [10, 10, 40, 40]),
+        _det(2, 1, [50, 60, 30, 20], 0.8),
+        _det(2, 3, [0, 0, 10, 10]),  # a class without ground truth: not scored anywhere
+        _det(3, 4, [0, 0, 120, 120]),  # matches the crowd box, which is ignored
+    ]
+    stats = evaluate_coco(truth, dets)
+    rows = _by_id(stats)
+    assert rows[1] == {
+        "category_id": 1,
+        "name": "found",
+        "AP": pytest.approx(1.0),
+        "AP50": pytest.approx(1.0),
+        "AP75": pytest.approx(1.0),
+        "num_gt": 2,
+        "num_detections": 2,
+    }
+    assert (rows[2]["AP"], rows[2]["AP50"], rows[2]["AP75"]) == (0.0, 0.0, 0.0)
+    assert (rows[2]["num_gt"], rows[2]["num_detections"]) == (1, 0)
+    for cid in (3, 4):
+        assert (rows[cid]["AP"], rows[cid]["AP50"], rows[cid]["AP75"]) == (-1.0, -1.0, -1.0)
+        assert rows[cid]["num_gt"] == 0 and rows[cid]["num_detections"] == 1
+    assert stats["AP"] == pytest.approx(0.5) and stats["AP50"] == pytest.approx(0.5)
+
+    table = format_per_class_table(stats["per_class"])
+    lines = table.splitlines()
+    assert lines[0].split() == ["id", "category", "AP", "AP50", "AP75", "#gt", "#det"]
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+    body = {line.split()[0]: line for line in lines[2:-2]}
+    assert body["1"].split() == ["1", "found", "1.0000", "1.0000", "1.0000", "2", "2"]
+    assert body["2"].split() == ["2", "missed", "0.0000", "0.0000", "0.0000", "1", "0"]
+    assert body["3"].split()[2:] == ["n/a", "n/a", "n/a", "0", "1"]
+    assert body["4"].split() == ["4", "crowd", "only", "n/a", "n/a", "n/a", "0", "1"]
+    assert lines[-1].split() == ["all", "0.5000", "0.5000", "0.5000", "3", "4"]
+    # The same table from the list read back from JSON.
+    assert format_per_class_table(json.loads(json.dumps(stats["per_class"]))) == table
+
+
+def test_per_class_without_detections_or_ground_truth():
+    truth = _coco_dict([(1, 1, [10, 10, 40, 40], False)], [(1, "a"), (2, "b")])
+    stats = evaluate_coco(truth, [])
+    assert [(r["AP"], r["num_gt"], r["num_detections"]) for r in stats["per_class"]] == [
+        (0.0, 1, 0),
+        (-1.0, 0, 0),
+    ]
+    # No ground truth at all: every AP is n/a, the overall one included.
+    empty = evaluate_coco(_coco_dict([], [(1, "a")]), [_det(1, 1, [0, 0, 5, 5])])
+    assert empty["AP"] == -1.0 and empty["per_class"][0]["AP"] == -1.0
+    assert format_per_class_table(empty["per_class"]).splitlines()[-1].split() == [
+        "all",
+        "n/a",
+        "n/a",
+        "n/a",
+        "0",
+        "1",
+    ]
+
+
+def test_callback_per_class_logs(ground_truth):
+    path, records = ground_truth
+    coco = load_coco(path)
+    for rec, src in zip(coco.records, records, strict=True):
+        rec["image"] = src["image"]
+    batches = InferenceBatches(coco, batch_size=2, min_side=64, max_side=64, stride=32)
+    boxes, scores, classes, valid = _perfect(records, [64 / 120, 64 / 80])
+    valid = np.array([1, 1])  # image a keeps only its class-0 box: class 1 loses one of two
+
+    callback = CocoEvaluationCallback(
+        lambda images: (boxes, scores, classes, valid), batches, path, per_class_logs=True
+    )
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_AP50/a"] == pytest.approx(1.0)
+    # Recall 0.5 at precision 1: 51 of the 101 recall points.
+    assert logs["val_AP50/b"] == pytest.approx(51 / 101)
+    assert logs["val_AP50"] == pytest.approx((1 + 51 / 101) / 2)
+    assert callback.last_results["per_class"][1]["num_gt"] == 2
+
+    plain = CocoEvaluationCallback(lambda images: (boxes, scores, classes, valid), batches, path)
+    logs = {}
+    plain.on_epoch_end(0, logs)
+    assert set(logs) == {"val_AP", "val_AP50", "val_AP75"}

@@ -20,6 +20,7 @@ long training run reuses its freed memory instead of faulting it in again every 
 import argparse
 
 from keras_retinanet.cli._common import (
+    DATASET_FORMATS,
     DEMO_ANCHOR_AREAS,
     DEMO_IMAGE_SIZE,
     DEMO_OUTPUT,
@@ -29,13 +30,14 @@ from keras_retinanet.cli._common import (
 )
 from keras_retinanet.cli.convert import convert_command
 from keras_retinanet.cli.demo import demo_command
-from keras_retinanet.cli.evaluate import evaluate_command
+from keras_retinanet.cli.evaluate import add_evaluate_arguments, evaluate_command
 from keras_retinanet.cli.export import export_command
 from keras_retinanet.cli.predict import predict_command
 from keras_retinanet.cli.shapes import shapes_command
 from keras_retinanet.cli.train import run_training, train_command
 from keras_retinanet.cpu_memory import keep_freed_memory
 from keras_retinanet.presets import list_presets
+from keras_retinanet.recipes import list_recipes
 from keras_retinanet.variants import TORCHVISION_VERSIONS
 
 __all__ = [
@@ -73,26 +75,82 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train on a COCO-format dataset")
-    p.add_argument("--train-annotations", required=True, help="COCO instances JSON")
-    p.add_argument("--train-images", required=True, help="folder of the training images")
-    p.add_argument("--val-annotations", help="COCO JSON evaluated after every --eval-every epochs")
+    p = sub.add_parser(
+        "train",
+        help="train on a COCO, CSV or Pascal VOC dataset, on one or more devices",
+        description="Train a RetinaNet. A --recipe sets the model, input pipeline and "
+        "optimizer (demo: the compact CPU model for small images; kerasio: the keras.io COCO "
+        "recipe, ResNet50 from local ImageNet weights); the other flags override it. Several "
+        "devices: --devices N (JAX, TensorFlow: in this process; PyTorch: start the command "
+        "with torchrun --nproc-per-node N -m keras_retinanet train --devices N ...).",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=DATASET_FORMATS,
+        default="coco",
+        help="format of the annotations: COCO JSON (default), CSV (path,x1,y1,x2,y2,class "
+        "+ --classes) or a Pascal VOC root",
+    )
+    p.add_argument(
+        "--train-annotations",
+        required=True,
+        help="COCO instances JSON, CSV annotations file, or VOC root (Annotations/, "
+        "JPEGImages/, ImageSets/Main/)",
+    )
+    p.add_argument(
+        "--train-images",
+        help="COCO: folder of the training images; CSV: folder the image paths are relative "
+        "to (default the CSV's)",
+    )
+    p.add_argument(
+        "--classes", help="CSV: the class_name,id file; VOC: optional, replaces the 20 classes"
+    )
+    p.add_argument("--train-split", default="trainval", help="VOC image set (default trainval)")
+    p.add_argument(
+        "--val-annotations", help="evaluated after every --eval-every epochs (same --dataset)"
+    )
     p.add_argument("--val-images")
+    p.add_argument("--val-split", default="test", help="VOC image set (default test)")
     _add_output_arguments(p, "runs/train", "model.keras and run.json")
-    p.add_argument("--backbone", default="compact", help="registered backbone (compact, resnet50)")
-    p.add_argument("--backbone-weights", help="local weights file for the backbone")
+    p.add_argument(
+        "--recipe",
+        choices=list_recipes(),
+        default="demo",
+        help="named configuration (default demo); flags below left unset take its values",
+    )
+    p.add_argument("--backbone", help="registered backbone (compact, resnet50)")
+    p.add_argument(
+        "--backbone-weights", help="local weights file for the backbone (kerasio: required)"
+    )
     p.add_argument(
         "--anchors",
         choices=("small", "paper"),
-        default="small",
-        help="anchor areas 16^2..256^2 (small images) or the paper's 32^2..512^2",
+        help="anchor areas 16^2..256^2 (small images; demo) or the paper's 32^2..512^2",
     )
-    p.add_argument("--fpn-filters", type=positive(int), default=64)
-    p.add_argument("--head-convs", type=positive(int), default=2)
-    p.add_argument("--image-size", type=positive(int), default=DEMO_IMAGE_SIZE)
+    p.add_argument("--fpn-filters", type=positive(int))
+    p.add_argument("--head-convs", type=positive(int))
+    p.add_argument(
+        "--image-size",
+        type=positive(int),
+        help="train on square images of this size (no scale jitter)",
+    )
     p.add_argument("--epochs", type=positive(int), default=30)
-    p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--learning-rate", type=positive(float), default=3e-3)
+    p.add_argument(
+        "--batch-size",
+        type=positive(int),
+        help="GLOBAL batch over all devices (default: the recipe's per-device batch x --devices)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=positive(float),
+        help="peak learning rate; the recipe's schedule is scaled to it",
+    )
+    p.add_argument(
+        "--devices",
+        type=positive(int),
+        default=1,
+        help="data-parallel devices (default 1); the learning rate scales with them",
+    )
     p.add_argument("--workers", type=positive(int), default=1)
     p.add_argument("--eval-every", type=positive(int), default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -102,13 +160,27 @@ def build_parser():
         action="store_true",
         help="continue from the last completed epoch in --output (optimizer state included)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write TensorBoard logs (loss, learning rate, validation AP) into DIR",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        nargs="?",
+        const="float16",
+        choices=("float16", "bfloat16"),
+        help="compute in float16 (default when given; GPUs) or bfloat16 (CPUs, TPUs), "
+        "variables and outputs in float32",
+    )
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("evaluate", help="COCO AP of a trained model")
     p.add_argument("--model", required=True, help="model.keras written by train")
-    p.add_argument("--annotations", required=True)
-    p.add_argument("--images", required=True)
+    p.add_argument("--annotations", required=True, help="COCO JSON, CSV annotations or VOC root")
+    p.add_argument("--images", help="COCO: the image folder; CSV: folder paths start from")
     p.add_argument("--batch-size", type=positive(int), default=8)
+    add_evaluate_arguments(p)
     p.set_defaults(func=evaluate_command)
 
     p = sub.add_parser("predict", help="draw detections and write a COCO-results JSON")

@@ -5,10 +5,12 @@ import json
 import os
 import sys
 
-#: Settings the demo uses (and ``train`` defaults to): a compact backbone and anchors one
-#: octave smaller than the paper's, sized for 128 x 128 images whose objects are 10-64 px.
-DEMO_IMAGE_SIZE = 128
-DEMO_ANCHOR_AREAS = (16.0**2, 32.0**2, 64.0**2, 128.0**2, 256.0**2)
+# Settings the demo uses (and ``train`` defaults to): a compact backbone and anchors one
+# octave smaller than the paper's, sized for 128 x 128 images whose objects are 10-64 px.
+from keras_retinanet.recipes import DEMO_ANCHOR_AREAS, DEMO_IMAGE_SIZE  # noqa: F401
+
+#: ``--dataset`` formats.
+DATASET_FORMATS = ("coco", "csv", "voc")
 RUN_FILE = "run.json"
 #: Where ``demo`` writes when ``--output`` is not given; each demo run reuses it.
 DEMO_OUTPUT = os.path.join("runs", "demo")
@@ -60,6 +62,49 @@ def load_coco(annotations, images, flag):
             f"{flag} {annotations!r} lists {len(missing)} image(s) missing from {images!r}, "
             f"e.g. {missing[0]!r}"
         )
+    return dataset
+
+
+def load_dataset(kind, annotations, images, classes, split, flag):
+    """The dataset of format ``kind`` (``"coco"``, ``"csv"``, ``"voc"``), every listed image
+    existing, or exit 2 with a one-line message naming ``flag`` (and the file and line the
+    readers name).
+
+    * coco: ``annotations`` the instances JSON, ``images`` its image folder.
+    * csv: ``annotations`` the ``path,x1,y1,x2,y2,class`` file, ``classes`` the
+      ``class,id`` file, ``images`` the folder relative paths start from (default: the CSV's).
+    * voc: ``annotations`` the ``VOC2007``-style root (``Annotations/``, ``JPEGImages/``,
+      ``ImageSets/Main/``), ``split`` an image-set name or file, ``classes`` an optional
+      ``class,id`` file replacing the 20 VOC classes.
+    """
+    from keras_retinanet.data import CsvDataset, VocDataset, read_csv_classes
+
+    if kind not in DATASET_FORMATS:
+        fail(f"--dataset must be one of {', '.join(DATASET_FORMATS)}, got {kind!r}")
+    if kind == "coco":
+        require_file(annotations, flag)
+        if images is None:
+            fail(f"{flag} (COCO) needs its image folder: --{flag[2:].split('-')[0]}-images")
+        require_dir(images, flag.replace("annotations", "images"))
+        return load_coco(annotations, images, flag)
+    try:
+        if kind == "csv":
+            require_file(annotations, flag)
+            if classes is None:
+                fail(f"{flag} (CSV) needs its classes file: --classes")
+            require_file(classes, "--classes")
+            if images is not None:
+                require_dir(images, flag.replace("annotations", "images"))
+            dataset = CsvDataset(annotations, classes, base_dir=images)
+        else:
+            require_dir(annotations, flag)
+            names = {} if classes is None else {"classes": read_csv_classes(classes)}
+            dataset = VocDataset(annotations, split=split, **names)
+    except (ValueError, OSError) as e:
+        fail(f"{flag}: {first_line(e)}")
+    missing = [r["path"] for r in dataset.records if not os.path.isfile(r["path"])]
+    if missing:
+        fail(f"{flag} {annotations!r} lists {len(missing)} missing image(s), e.g. {missing[0]!r}")
     return dataset
 
 

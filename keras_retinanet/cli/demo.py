@@ -3,7 +3,7 @@
 import os
 import time
 
-from keras_retinanet.cli._common import DEMO_IMAGE_SIZE, DEMO_OUTPUT, check_output
+from keras_retinanet.cli._common import DEMO_OUTPUT, check_output
 from keras_retinanet.cli.evaluate import evaluate_model
 from keras_retinanet.cli.predict import draw_predictions, image_records
 from keras_retinanet.cli.train import run_training
@@ -31,15 +31,8 @@ def demo_command(args):
         val_images=None,
         output=output,
         overwrite=True,  # the folder was checked above and now holds the dataset
-        backbone="compact",
-        backbone_weights=None,
-        anchors="small",
-        fpn_filters=64,
-        head_convs=2,
-        image_size=DEMO_IMAGE_SIZE,
+        recipe="demo",  # compact backbone, 128 x 128, batch 16, AdamW 3e-3
         epochs=args.epochs,
-        batch_size=16,
-        learning_rate=3e-3,
         workers=1,
         seed=args.seed,
         eval_every=1,

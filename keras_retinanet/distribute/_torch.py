@@ -43,6 +43,7 @@ All torch imports stay in this module.
 
 import os
 
+import keras
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -130,6 +131,13 @@ class DDPTrainer:
 
     Without a process group (not launched by torchrun) the model is trained as it is, in one
     process, with the same loop: the reference the distributed run must agree with.
+
+    ``optimizer`` may also be a Keras optimizer (``"keras"``: the one the model was compiled
+    with). It then updates the variables from the DDP-averaged gradients exactly as Keras'
+    own torch train step does (``optimizer.apply(grads, trainable_variables)``), so learning
+    rate schedules, weight decay and the optimizer state saved in ``.keras`` files are Keras'
+    (a run resumed from such a file continues with its momentum). :meth:`fit_epochs` is the
+    ``model.fit``-like loop with Keras callbacks that ``train --devices N`` uses.
     """
 
     def __init__(self, model, optimizer=None, loss=None, *, find_unused_parameters=False):
@@ -153,6 +161,15 @@ class DDPTrainer:
         else:
             self.module = model
         trainable = [p for p in params if p.requires_grad]
+        if optimizer == "keras":
+            optimizer = model.optimizer
+            if optimizer is None:
+                raise ValueError('optimizer="keras" needs a compiled model')
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            self.optimizer = optimizer
+            self._keras_optimizer = True
+            return
+        self._keras_optimizer = False
         if optimizer is None:
             optimizer = torch.optim.SGD(trainable, lr=0.01)
         elif not isinstance(optimizer, torch.optim.Optimizer):
@@ -175,7 +192,13 @@ class DDPTrainer:
         y_pred = self.module(images, training=True)
         loss = self.loss(targets, y_pred)
         (loss * scale).backward()
-        self.optimizer.step()
+        if self._keras_optimizer:
+            variables = self.model.trainable_variables
+            grads = [v.value.grad for v in variables]
+            with torch.no_grad():
+                self.optimizer.apply(grads, variables)
+        else:
+            self.optimizer.step()
         return float(loss.detach().cpu())
 
     def fit(self, x, y=None, *, epochs=1, global_batch_size=None, shuffle=False, seed=0):
@@ -208,6 +231,61 @@ class DDPTrainer:
                 loss = self._step(images[start:stop], _take(targets, start, stop), scale)
                 losses.append(self._mean_over_ranks(loss * scale))
         return losses
+
+    def fit_epochs(self, batches, *, epochs, initial_epoch=0, callbacks=(), verbose=1):
+        """``model.fit(batches, epochs=..., initial_epoch=..., callbacks=...)`` under DDP.
+
+        Args:
+            batches: a sequence of global batches ``(images, {"boxes", "classes"})`` that
+                every rank reads identically (a ``DetectionDataset`` with the same seed);
+                ``on_epoch_end()`` is called after each epoch, as Keras does, so it reshuffles.
+            epochs, initial_epoch: as ``fit``'s.
+            callbacks: Keras callbacks; they get ``on_train_batch_end`` logs ``{"loss"}`` (the
+                mean over ranks of the step's loss, the same on every rank) and
+                ``on_epoch_end`` logs ``{"loss"}`` (the epoch's mean). ``model.stop_training``
+                set by a callback ends training after the current batch on every rank (the
+                logged loss is identical on all ranks, so loss-based stops agree).
+            verbose: ``1`` a Keras progress bar, ``0`` none.
+
+        Returns:
+            A ``keras.callbacks.History``.
+        """
+        callback_list = keras.callbacks.CallbackList(
+            list(callbacks),
+            add_history=True,
+            add_progbar=bool(verbose),
+            model=self.model,
+            verbose=verbose,
+            epochs=epochs,
+            steps=len(batches),
+        )
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        for epoch in range(int(initial_epoch), int(epochs)):
+            callback_list.on_epoch_begin(epoch)
+            total = count = 0
+            for step in range(len(batches)):
+                callback_list.on_train_batch_begin(step)
+                images, targets = batches[step][:2]
+                images, targets = np.asarray(images), _numpy(targets)
+                size = len(images)
+                if size < self.world_size:
+                    continue
+                start, stop = shard_bounds(size, self.rank, self.world_size)
+                scale = (stop - start) * self.world_size / size
+                loss = self._step(images[start:stop], _take(targets, start, stop), scale)
+                loss = self._mean_over_ranks(loss * scale)
+                total, count = total + loss, count + 1
+                callback_list.on_train_batch_end(step, {"loss": loss})
+                if self.model.stop_training:
+                    break
+            if hasattr(batches, "on_epoch_end"):
+                batches.on_epoch_end()
+            callback_list.on_epoch_end(epoch, {"loss": total / max(count, 1)})
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end()
+        return self.model.history
 
     def _global_batches(self, x, y, global_batch_size, shuffle, seed, epoch):
         if y is None:
