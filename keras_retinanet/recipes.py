@@ -31,9 +31,10 @@ Recipes
     decay of 1e-4 (Lin et al. 2017, section 5.1, as Detectron2 does) to every weight except
     batch-norm scales and offsets. See docs/numerics.md, "Training recipes".
 
-    More devices: the global batch is ``2 x num_devices``; the learning rates are multiplied
-    and the step boundaries divided by ``num_devices`` (the linear scaling rule of Goyal et
-    al. 2017), so that the schedule covers the same number of images at any device count.
+    Other batch sizes (by default the global batch is ``2 x num_devices``): the learning
+    rates are multiplied and the step boundaries divided by ``global_batch / 2`` (the linear
+    scaling rule of Goyal et al. 2017), so that each phase of the schedule covers the same
+    number of images. The same global batch on 1 or N devices gives the same schedule.
 ``"demo"``
     The ``train`` command's defaults: the compact backbone, a 64-channel pyramid, 2 head convs,
     anchors one octave smaller (16^2..256^2), square 128 x 128 inputs, AdamW with a cosine
@@ -76,6 +77,8 @@ class TrainingRecipe:
             each step; ``0`` for none).
         global_clipnorm: gradient clipping (``None`` for none).
         decay_norm: whether batch-norm ``gamma``/``beta`` decay too (keras.io: no).
+        scale_with_batch: SGD's linear scaling: rates times, boundaries divided by
+            ``global_batch_size / batch_size_per_device`` (the batch the rates were set for).
     """
 
     name: str
@@ -98,6 +101,7 @@ class TrainingRecipe:
     weight_decay: float = 0.0
     global_clipnorm: float | None = None
     decay_norm: bool = False
+    scale_with_batch: bool = False
 
     def global_batch_size(self, num_devices=1):
         """Images per step over all devices."""
@@ -139,16 +143,24 @@ class TrainingRecipe:
             "image_size": None if size is None else [size, size],
         }
 
-    def learning_rate_schedule(self, *, steps_per_epoch, epochs, num_devices=1):
+    def batch_scale(self, global_batch_size=None):
+        """The linear-scaling factor for ``global_batch_size`` (1 without
+        ``scale_with_batch``, or when ``None``: the recipe's own batch)."""
+        if global_batch_size is None or not self.scale_with_batch:
+            return 1.0
+        if isinstance(global_batch_size, bool) or int(global_batch_size) < 1:
+            raise ValueError(f"global_batch_size must be positive, got {global_batch_size!r}")
+        return int(global_batch_size) / self.batch_size_per_device
+
+    def learning_rate_schedule(self, *, steps_per_epoch, epochs, global_batch_size=None):
         """The learning rate as a ``keras.optimizers.schedules`` object.
 
-        SGD: piecewise constant, rates times ``num_devices`` and boundaries divided by it
-        (linear scaling; boundaries at least 1 step apart). AdamW: cosine decay to 0 over all
-        steps after a linear warm-up of ``min(100, steps / 10)`` steps to ``learning_rates[0]``.
+        SGD: piecewise constant; with ``scale_with_batch`` the rates are multiplied and the
+        boundaries divided by :meth:`batch_scale` (boundaries stay at least 1 step apart).
+        AdamW: cosine decay to 0 over all steps after a linear warm-up of
+        ``min(100, steps / 10)`` steps to ``learning_rates[0]``.
         """
-        n = int(num_devices)
-        if n < 1:
-            raise ValueError(f"num_devices must be at least 1, got {num_devices!r}")
+        n = self.batch_scale(global_batch_size)
         if self.optimizer == "sgd":
             bounds, last = [], 0
             for b in self.boundaries:
@@ -161,15 +173,15 @@ class TrainingRecipe:
         return keras.optimizers.schedules.CosineDecay(
             0.0,
             steps,
-            warmup_target=self.learning_rates[0] * n,
+            warmup_target=self.learning_rates[0],
             warmup_steps=max(1, min(100, steps // 10)),
         )
 
-    def make_optimizer(self, *, steps_per_epoch, epochs, num_devices=1):
+    def make_optimizer(self, *, steps_per_epoch, epochs, global_batch_size=None):
         """A fresh Keras optimizer with :meth:`learning_rate_schedule` and the weight decay
         (batch-norm ``gamma``/``beta`` excluded unless ``decay_norm``)."""
         schedule = self.learning_rate_schedule(
-            steps_per_epoch=steps_per_epoch, epochs=epochs, num_devices=num_devices
+            steps_per_epoch=steps_per_epoch, epochs=epochs, global_batch_size=global_batch_size
         )
         decay = self.weight_decay or None
         if self.optimizer == "sgd":
@@ -227,6 +239,7 @@ RECIPES = {
         boundaries=KERASIO_BOUNDARIES,
         momentum=0.9,
         weight_decay=1e-4,
+        scale_with_batch=True,
     ),
     "demo": TrainingRecipe(
         name="demo",

@@ -1,10 +1,10 @@
 """TensorBoard logs of a training run on every backend (``train --tensorboard DIR``).
 
-On TensorFlow this is Keras' own ``keras.callbacks.TensorBoard`` (it writes with
-``tf.summary``, which needs TensorFlow). On JAX and PyTorch, where TensorFlow is not a
-dependency, :class:`ScalarSummaries` writes the same epoch scalars with ``tensorboardX``
-(``pip install keras-retinanet[tensorboard]``) in the same layout, so ``tensorboard --logdir
-DIR`` shows runs of every backend side by side:
+On TensorFlow with the ``tensorboard`` package installed this is Keras' own
+``keras.callbacks.TensorBoard`` (it writes with ``tf.summary``). Elsewhere (JAX, PyTorch, or
+TensorFlow without ``tensorboard``), :class:`ScalarSummaries` writes the same epoch scalars
+with ``tensorboardX`` (``pip install keras3-retinanet[tensorboard]``) in the same layout, so
+``tensorboard --logdir DIR`` shows runs of every backend side by side:
 
 * ``DIR/train``: ``epoch_loss`` and ``epoch_learning_rate``, one point per epoch;
 * ``DIR/validation``: each ``val_*`` entry of the epoch logs (e.g. the COCO ``val_AP``,
@@ -34,9 +34,17 @@ def tensorboard_callback(log_dir):
         raise ValueError("log_dir must be a folder path")
     if os.path.exists(log_dir) and not os.path.isdir(log_dir):
         raise ValueError(f"log_dir {log_dir!r} exists and is not a folder")
-    if keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow" and _has_tensorboard():
         return keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch")
     return ScalarSummaries(log_dir)
+
+
+def _has_tensorboard():
+    """Whether the ``tensorboard`` package, which ``tf.summary`` writers need, is installed
+    (TensorFlow does not require it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _summary_writer_class():
@@ -46,7 +54,7 @@ def _summary_writer_class():
         raise ImportError(
             f"TensorBoard logs on the {keras.backend.backend()} backend are written with "
             "tensorboardX, which is not installed: pip install tensorboardX (or "
-            "keras-retinanet[tensorboard])"
+            "keras3-retinanet[tensorboard])"
         ) from None
     return SummaryWriter
 

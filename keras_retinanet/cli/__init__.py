@@ -2,7 +2,8 @@
 
 Commands: ``train``, ``evaluate``, ``predict``, ``demo`` (shapes dataset -> train -> mAP ->
 picture, on the active ``KERAS_BACKEND``), ``shapes`` (write the synthetic dataset) and
-``convert`` (a torchvision checkpoint -> ``.keras``), ``export`` (the detector with its NMS as a
+``convert`` (a torchvision checkpoint -> ``.keras``), ``anchors`` (which ground-truth boxes
+no anchor matches, per size bucket, before training), ``export`` (the detector with its NMS as a
 TF SavedModel or an ONNX file). ``predict --preset NAME`` runs one of
 torchvision's published COCO models (:mod:`keras_retinanet.presets`) directly.
 
@@ -28,6 +29,7 @@ from keras_retinanet.cli._common import (
     fraction,
     positive,
 )
+from keras_retinanet.cli.anchors import add_anchors_parser
 from keras_retinanet.cli.convert import convert_command
 from keras_retinanet.cli.demo import demo_command
 from keras_retinanet.cli.evaluate import add_evaluate_arguments, evaluate_command
@@ -149,7 +151,7 @@ def build_parser():
         "--devices",
         type=positive(int),
         default=1,
-        help="data-parallel devices (default 1); the learning rate scales with them",
+        help="data-parallel devices (default 1); --batch-size is split over them",
     )
     p.add_argument("--workers", type=positive(int), default=1)
     p.add_argument("--eval-every", type=positive(int), default=5)
@@ -282,6 +284,8 @@ def build_parser():
     p.add_argument("--num-val", type=positive(int), default=100)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=shapes_command)
+
+    add_anchors_parser(sub)
     return parser
 
 

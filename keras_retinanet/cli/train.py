@@ -93,10 +93,10 @@ def run_training(
         fail(f"--backbone-weights {backbone_weights!r} is not an existing file")
     if mixed_precision is not None and mixed_precision not in PRECISIONS:
         fail(f"--mixed-precision must be one of {sorted(PRECISIONS)}, got {mixed_precision!r}")
-    rank, world = _torchrun_rank(devices)
     global_batch = batch_size or plan.global_batch_size(devices)
     if global_batch % devices:
         fail(f"--batch-size {global_batch} does not split evenly over --devices {devices}")
+    rank, world = _torchrun_rank(devices)
     check_output(output, overwrite or resume or rank > 0)
     train_set = load_dataset(
         dataset, train_annotations, train_images, classes, train_split, "--train-annotations"
@@ -135,7 +135,7 @@ def run_training(
             mixed_precision=mixed_precision,
             steps_per_epoch=len(batches),
             epochs=epochs,
-            devices=devices,
+            global_batch=global_batch,
             rank=rank,
         )
         if initial_epoch >= epochs:
@@ -267,7 +267,7 @@ def _coco_ground_truth(kind, dataset, annotations, output, rank):
         from keras_retinanet.checkpoint import write_json_atomically
 
         os.makedirs(output, exist_ok=True)
-        write_json_atomically(path, dataset.to_coco())
+        write_json_atomically(dataset.to_coco(), path)
     return path
 
 
@@ -281,7 +281,7 @@ def _tensorboard(log_dir):
 
 
 def _model(plan, run, *, resume, output, num_classes, backbone_weights, mixed_precision,
-           steps_per_epoch, epochs, devices, rank):  # fmt: skip
+           steps_per_epoch, epochs, global_batch, rank):  # fmt: skip
     """The compiled model and the epoch to start at: the checkpoint of ``output`` when
     resuming, else a new model (and ``run.json`` written)."""
     from keras_retinanet import RetinaNet
@@ -310,7 +310,7 @@ def _model(plan, run, *, resume, output, num_classes, backbone_weights, mixed_pr
     )
     model.compile(
         optimizer=plan.make_optimizer(
-            steps_per_epoch=steps_per_epoch, epochs=epochs, num_devices=devices
+            steps_per_epoch=steps_per_epoch, epochs=epochs, global_batch_size=global_batch
         )
     )
     if rank == 0:
@@ -366,7 +366,11 @@ def _fit(
         if world > 1:
             from keras_retinanet.distribute._torch import DDPTrainer
 
-            DDPTrainer(model).fit_epochs(
+            if not model.built:  # DDP wraps the variables, so they must exist first
+                model(batches[0][0][:1])
+            # The compiled Keras optimizer applies the DDP-averaged gradients, so the
+            # schedule and the state saved in model.keras are the single-process ones.
+            DDPTrainer(model, optimizer="keras").fit_epochs(
                 batches,
                 epochs=epochs,
                 initial_epoch=initial_epoch,
