@@ -33,6 +33,16 @@ SECTIONS = [
         "`detector.predict(x, verbose=0)` on the same image, alternating, and checks that their "
         "detections agree.",
     ),
+    (
+        "data_pipeline.md",
+        "Input pipeline alone against the train step",
+        "`python benchmarks/data_pipeline.py`: `DetectionDataset` with the keras.io training "
+        "recipe on synthetic COCO-sized JPEGs (written locally, nothing downloaded), read one "
+        "epoch at a time as `model.fit` reads it with 1, 2 and 4 thread or process workers, "
+        "with a per-stage breakdown of one worker's time; next to it the ResNet50 train step "
+        "of each backend (each in its own worker process), and whether the loader or the model "
+        "limits training at 1 and 2 devices.",
+    ),
 ]
 
 
