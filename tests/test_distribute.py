@@ -271,6 +271,13 @@ def test_in_process_errors():
     if BACKEND == "torch":
         with pytest.raises(ValueError, match="torchrun"):
             data_parallel(num_devices=1)
+        # One torchrun process per device: the CUDA devices, else the CPU.
+        import torch
+
+        expected = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+        assert available_devices() == expected and available_devices("cpu") == ["cpu"]
+        with pytest.raises(ValueError, match="device_type"):
+            available_devices("tpu")
         return
     existing = available_devices()
     with pytest.raises(ValueError, match=f"num_devices={len(existing) + 1} but only"):

@@ -93,6 +93,24 @@ def init_from_torchrun(backend=None, timeout=None):
     return rank, world_size, local_rank
 
 
+def available_devices(device_type=None):
+    """Devices one torchrun process each can train on: ``["cuda:0", ...]`` for ``"gpu"`` (or
+    ``None`` when CUDA is available), ``["cpu"]`` for ``"cpu"`` (or ``None`` without CUDA: CPU
+    processes share the host's cores, so any number of them can run, but it is one device).
+
+    Raises:
+        ValueError: for another ``device_type``, or ``"gpu"`` without CUDA.
+    """
+    if device_type not in (None, "cpu", "gpu"):
+        raise ValueError(f"device_type must be None, 'cpu' or 'gpu' on torch, got {device_type!r}")
+    cuda = torch.cuda.is_available()
+    if device_type == "gpu" and not cuda:
+        raise ValueError("device_type='gpu' but PyTorch sees no CUDA device")
+    if device_type == "cpu" or not cuda:
+        return ["cpu"]
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
 def shutdown():
     """Leaves the process group (``destroy_process_group``) if one was joined."""
     if dist.is_initialized():
@@ -330,6 +348,7 @@ def train_ddp(model, x, y=None, *, epochs=1, global_batch_size=None, optimizer=N
 
 __all__ = [
     "DDPTrainer",
+    "available_devices",
     "init_from_torchrun",
     "shard_bounds",
     "shutdown",
