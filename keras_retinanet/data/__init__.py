@@ -17,6 +17,7 @@ from keras_retinanet.data.preprocessing import (
     CAFFE_BGR_MEAN,
     KERAS_IO_JITTER,
     compute_resize_ratio,
+    image_size,
     load_image,
     normalize_image,
     preprocess_for_inference,
@@ -31,6 +32,7 @@ from keras_retinanet.data.shapes import (
     generate_shapes_dataset,
     render_shapes_image,
 )
+from keras_retinanet.data.verify import verify_images
 from keras_retinanet.data.voc import VOC_CLASSES, VOC_SPLITS, VocDataset, load_voc, write_voc
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "ShapesDatasetPaths",
     "compute_resize_ratio",
     "generate_shapes_dataset",
+    "image_size",
     "load_coco",
     "load_csv",
     "load_image",
@@ -60,6 +63,7 @@ __all__ = [
     "render_shapes_image",
     "resize_and_pad",
     "resize_image",
+    "verify_images",
     "write_coco",
     "write_csv",
     "write_voc",

@@ -38,6 +38,10 @@ class CocoDataset:
     clipping (for example entirely outside the image), are dropped. Images without any
     remaining annotation are kept unless ``skip_empty`` is set: they are useful negatives.
 
+    ``width``/``height`` of an image entry are those of the displayed (EXIF-oriented) image
+    (see :mod:`keras_retinanet.data.preprocessing`); they are not compared with the files
+    here (that would read every file): call :meth:`verify_images` for that.
+
     Raises:
         FileNotFoundError: when ``annotation_file`` or ``image_dir`` does not exist.
         ValueError: naming the file and the offending entry, for invalid JSON, a missing
@@ -173,6 +177,35 @@ class CocoDataset:
 
     def __iter__(self):
         return iter(self.records)
+
+    def verify_images(self, *, raise_errors=True, progress=None):
+        """Check every image file against its ``width``/``height`` entry (header reads only).
+
+        Not done by the constructor, which reads only the JSON so that large data sets open
+        fast: a mismatching entry would otherwise silently clip or drop boxes, since boxes
+        are clipped to the JSON size. Sizes are compared in the displayed (EXIF-oriented)
+        frame; see :func:`keras_retinanet.data.verify.verify_images` for the arguments, the
+        return value and the messages (which name the file, the JSON size, the file's size,
+        and whether one is the other swapped, i.e. an EXIF rotation mismatch). Unreadable
+        or missing files are reported the same way.
+
+        Raises:
+            ValueError: without ``image_dir``, or (with ``raise_errors``) at the first
+                problem.
+        """
+        from keras_retinanet.data.verify import verify_images
+
+        if self.image_dir is None:
+            raise ValueError("CocoDataset was created without image_dir; cannot check images")
+        return verify_images(
+            self.records,
+            what=self.annotation_file,
+            raise_errors=raise_errors,
+            progress=progress,
+        )
+
+    #: Alias of :meth:`verify_images`.
+    check_image_sizes = verify_images
 
     def load_image(self, index):
         """Pixels of record ``index`` as uint8 RGB ``[H, W, 3]`` (needs ``image_dir``)."""

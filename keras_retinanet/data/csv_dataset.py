@@ -7,9 +7,11 @@ Two files. The *annotations* file has one object per line::
 
 An image with several objects is listed on several lines; images keep the order in which
 they first appear. Coordinates are 0-based pixel corners ``[x1, y1, x2, y2]`` of the original
-image (integers as fizyr writes them, or decimals), with ``x1 < x2`` and ``y1 < y2``. Image
-paths are relative to the annotations file's folder unless ``base_dir`` is given; absolute
-paths are used as they are. The *classes* file maps names to contiguous ids::
+image (integers as fizyr writes them, or decimals), with ``x1 < x2`` and ``y1 < y2``; for a
+photo with an EXIF orientation they are in its displayed (rotated) frame, whose size is read
+from the header only by :func:`keras_retinanet.data.preprocessing.image_size`. Image paths are
+relative to the annotations file's folder unless ``base_dir`` is given; absolute paths are
+used as they are. The *classes* file maps names to contiguous ids::
 
     class_name,id          # ids 0 .. C - 1, each once
 
@@ -363,18 +365,16 @@ def _number(text, name, where, line):
 
 
 def _image_size(path, where, line):
-    """``(width, height)`` from the image header; errors name the CSV file and line."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{where}:{line}: image file not found: {path}")
-    from PIL import Image
+    """``(width, height)`` from the image header in the displayed (EXIF-oriented) frame, the
+    frame the boxes refer to; errors name the CSV file and line."""
+    from keras_retinanet.data.preprocessing import image_size
 
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{where}:{line}: cannot read image file {path}: {reason}") from e
-    return int(width), int(height)
+        return image_size(path)
+    except FileNotFoundError:
+        raise ValueError(f"{where}:{line}: image file not found: {path}") from None
+    except ValueError as e:
+        raise ValueError(f"{where}:{line}: {e}") from None
 
 
 def _write_rows(path, rows):

@@ -13,6 +13,16 @@ Models converted from torchvision (:mod:`keras_retinanet.presets`) take torchvis
 instead: ``normalization="torchvision"`` of :func:`preprocess_for_inference` reproduces its
 ``GeneralizedRCNNTransform`` (:func:`torchvision_resize`, :func:`normalize_image` with
 ``"torchvision"``, zero padding after normalising).
+
+Image files (:func:`load_image`, :func:`image_size`) are read in the *displayed* frame: the
+EXIF orientation tag (1-8, also read from XMP ``tiff:Orientation``) is applied, so a phone
+photo stored landscape with orientation 6 loads portrait. Annotations are taken to refer to
+that frame, as they do in practice: annotation tools (CVAT, LabelImg, labelme, ...) show the
+transposed image, and COCO's own images carry no rotation. A data set's stored
+``width``/``height`` must therefore be the displayed size (``image_size``), which
+:func:`keras_retinanet.data.verify.verify_images` checks. Pixel values of every Pillow mode
+are scaled to ``[0, 255]`` (see :func:`load_image` for the rules; 16-bit images are scaled,
+never clipped).
 """
 
 import math
@@ -49,26 +59,184 @@ def _pil_image():
     return Image
 
 
-def load_image(path):
-    """Read an image file as uint8 RGB ``[H, W, 3]`` (grey/RGBA/palette files are converted).
+#: EXIF orientation -> the transpose that brings the stored pixels to the displayed frame
+#: (as ``PIL.ImageOps.exif_transpose``); 5-8 swap width and height.
+_EXIF_ORIENTATION_TAG = 0x0112
+_ORIENTATION_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
 
-    Raises:
-        FileNotFoundError: when ``path`` is not an existing file.
-        ValueError: when the file cannot be decoded as an image (corrupt, truncated or not an
-            image at all); the message names the path.
-    """
+#: Errors Pillow raises for files it cannot identify or decode.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, IndexError, EOFError)
+
+_MAX_16BIT = 65535
+
+
+def _one_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _open_image(path):
+    """``(path, opened PIL image)``; ``FileNotFoundError`` / one-line ``ValueError``."""
     Image = _pil_image()
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path!r}")
     try:
-        with Image.open(path) as img:
+        return path, Image.open(path)
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image file {path!r}: {_one_line(e)}") from None
+
+
+def exif_orientation(img):
+    """EXIF orientation (1-8; 1 when absent or invalid) of an opened PIL image, from its
+    header only.
+
+    Uses ``PIL.Image.Image.getexif`` of the base class, which reads the EXIF block (JPEG APP1,
+    TIFF IFD, WebP/PNG ``eXIf`` chunk before the image data, PNG "Raw profile type exif") and
+    falls back to XMP ``tiff:Orientation``, as ``ImageOps.exif_transpose`` does, but never
+    decodes pixels (``PngImageFile.getexif`` would, to look for an ``eXIf`` chunk after the
+    image data, which the PNG specification does not allow; such a chunk is ignored).
+    """
+    Image = _pil_image()
+    try:
+        value = Image.Image.getexif(img).get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block: pixels stay as stored
+        return 1
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if value in _ORIENTATION_TRANSPOSE else 1
+
+
+def image_size(path):
+    """``(width, height)`` of an image file in the displayed frame, from the header only.
+
+    No pixel is decoded (``PIL.Image.open`` reads the header lazily), so this is cheap enough
+    to call on every image of a large data set. Width and height are swapped for EXIF
+    orientations 5-8 (see :func:`exif_orientation`), so the result is the shape
+    :func:`load_image` returns: ``load_image(path).shape[:2] == image_size(path)[::-1]``.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not an existing file.
+        ValueError: (one line, naming the path) when the header cannot be read.
+    """
+    path, img = _open_image(path)
+    with img:
+        width, height = img.size
+        orientation = exif_orientation(img)
+    if width < 1 or height < 1:
+        raise ValueError(f"image file {path!r} has no pixels (size {width}x{height})")
+    if orientation >= 5:
+        width, height = height, width
+    return int(width), int(height)
+
+
+def _rescale(values, scale, path, mode):
+    """``round(values * scale)`` as uint8 after a range check (no silent clipping)."""
+    values = np.asarray(values, dtype="float64")
+    if not np.isfinite(values).all():
+        raise ValueError(f"image file {path!r} (mode {mode}) contains NaN or Inf pixel values")
+    lo, hi = float(values.min()), float(values.max())
+    if lo < 0 or hi * scale > 255.0 + 1e-6:
+        raise ValueError(
+            f"image file {path!r} (mode {mode}) has pixel values in [{lo:g}, {hi:g}], outside "
+            "the range load_image can scale to [0, 255]; convert it to 8- or 16-bit first"
+        )
+    return np.clip(np.rint(values * scale), 0, 255).astype("uint8")
+
+
+def _to_rgb_array(img, path):
+    """Pixels of a decoded PIL image as uint8 RGB ``[H, W, 3]`` (rules in :func:`load_image`)."""
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype="uint8")
+    if mode == "L":
+        grey = np.asarray(img, dtype="uint8")
+    elif mode in ("1", "LA", "La"):
+        grey = np.asarray(img.convert("L") if mode == "1" else img.getchannel("L"), dtype="uint8")
+    elif mode.startswith("I;16") or mode == "I":
+        grey = np.asarray(img)
+        if mode != "I;16S" and mode != "I":
+            grey = grey.astype("uint16")
+        grey = _rescale(grey, 255.0 / _MAX_16BIT, path, mode)
+    elif mode == "F":
+        grey = np.asarray(img, dtype="float64")
+        finite = grey[np.isfinite(grey)]
+        scale = 255.0 if finite.size and float(finite.max()) <= 1.0 else 1.0
+        grey = _rescale(grey, scale, path, mode)
+    elif mode == "P":
+        rgba = "transparency" in img.info
+        pixels = np.asarray(img.convert("RGBA" if rgba else "RGB"), dtype="uint8")
+        return np.ascontiguousarray(pixels[..., :3])
+    elif mode in ("PA", "RGBA", "RGBX"):
+        pixels = np.asarray(img.convert("RGBA") if mode == "PA" else img, dtype="uint8")
+        return np.ascontiguousarray(pixels[..., :3])
+    else:  # CMYK, YCbCr, RGBa, LAB, HSV, ...: Pillow's own conversion
+        try:
             pixels = np.asarray(img.convert("RGB"), dtype="uint8")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # PIL reports undecodable data as UnidentifiedImageError / OSError ("truncated").
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"cannot read image file {path!r}: {reason}") from e
-    if pixels.ndim != 3 or min(pixels.shape[:2]) < 1:
+        except ValueError as e:
+            raise ValueError(
+                f"image file {path!r}: cannot convert mode {mode} to RGB: {_one_line(e)}"
+            ) from None
+        return pixels
+    return np.repeat(grey[:, :, None], 3, axis=-1)
+
+
+def load_image(path):
+    """Read an image file as uint8 RGB ``[H, W, 3]`` in the displayed frame.
+
+    The EXIF orientation is applied (see :func:`exif_orientation`; the module docstring says
+    why annotations are taken to be in this frame), so the shape is ``image_size(path)``
+    reversed. Pillow modes become ``[0, 255]`` as follows:
+
+    - ``"RGB"``, ``"L"`` (grey, repeated to 3 channels): as stored.
+    - ``"1"`` (bilevel): 0 and 255.
+    - ``"I;16"``, ``"I;16L"``, ``"I;16B"``, ``"I;16N"`` (16-bit grey, e.g. 16-bit PNG/TIFF)
+      and ``"I"`` (32-bit int, which is how some Pillow versions open 16-bit files):
+      ``round(v * 255 / 65535)``, the full 16-bit range, never clipped. ``"I"`` or ``"I;16S"``
+      with a value below 0 or above 65535 has no defensible range and is a ``ValueError``.
+    - ``"F"`` (32-bit float): values in ``[0, 1]`` (max <= 1) are ``round(v * 255)``,
+      otherwise they must lie in ``[0, 255]`` and are rounded; anything else (negative,
+      above 255, NaN/Inf) is a ``ValueError``. An all-zero image stays black either way.
+    - ``"P"`` / ``"PA"`` (palette): through the palette (``convert("RGB")``, or ``"RGBA"``
+      when the palette has transparency).
+    - ``"LA"``, ``"PA"``, ``"RGBA"``, ``"RGBX"``: the alpha channel is *dropped*, not
+      composited: colours under transparent pixels are kept as stored (as :func:`as_rgb`
+      does for arrays).
+    - ``"CMYK"``, ``"YCbCr"``, ``"RGBa"`` and other modes: ``img.convert("RGB")``.
+    - 48/64-bit RGB(A) PNGs: Pillow decodes them to 8-bit ``"RGB"``/``"RGBA"`` by keeping the
+      high byte (``v >> 8``), which is within 1 of ``round(v * 255 / 65535)``.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not an existing file.
+        ValueError: one line naming the path, when the file cannot be decoded as an image
+            (corrupt, truncated or not an image at all) or its pixel values are out of the
+            range of its mode's rule above.
+    """
+    Image = _pil_image()
+    path, img = _open_image(path)
+    with img:
+        orientation = exif_orientation(img)
+        try:
+            img.load()
+            if orientation != 1:
+                img = img.transpose(getattr(Image.Transpose, _ORIENTATION_TRANSPOSE[orientation]))
+            pixels = _to_rgb_array(img, path)
+        except (*_DECODE_ERRORS, Image.DecompressionBombError) as e:
+            if isinstance(e, ValueError) and str(e).startswith("image file "):
+                raise
+            # PIL reports undecodable data as UnidentifiedImageError / OSError ("truncated").
+            raise ValueError(f"cannot read image file {path!r}: {_one_line(e)}") from None
+    if pixels.ndim != 3 or pixels.shape[-1] != 3 or min(pixels.shape[:2]) < 1:
         raise ValueError(f"image file {path!r} has no pixels (shape {pixels.shape})")
     return pixels
 

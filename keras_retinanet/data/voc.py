@@ -14,6 +14,11 @@ the inverse.
 Records are those of :mod:`keras_retinanet.data.coco`; ``image_id`` is the position in the
 image set plus 1, ``file_name`` is relative to ``JPEGImages``. Class ``i`` is ``classes[i]``;
 its COCO category id is ``i + 1`` (as :func:`~keras_retinanet.data.write_coco` numbers them).
+
+``<size>`` and the boxes are taken to be in the displayed (EXIF-oriented) frame of the image,
+the frame :func:`~keras_retinanet.data.preprocessing.load_image` returns (LabelImg and CVAT
+annotate that frame). ``<size>`` is not compared with the files when loading (that would read
+every image); :meth:`VocDataset.verify_images` does it, from the image headers only.
 """
 
 import os
@@ -214,6 +219,19 @@ class VocDataset:
 
     def __iter__(self):
         return iter(self.records)
+
+    def verify_images(self, *, raise_errors=True, progress=None):
+        """Check every image file against its ``<size>`` (header reads only, EXIF-aware).
+
+        See :func:`keras_retinanet.data.verify.verify_images` for the arguments, the return
+        value and the messages; a ``ValueError`` names the first mismatching or unreadable
+        image unless ``raise_errors=False``.
+        """
+        from keras_retinanet.data.verify import verify_images
+
+        return verify_images(
+            self.records, what=self.root, raise_errors=raise_errors, progress=progress
+        )
 
     def load_image(self, index):
         """Pixels of record ``index`` as uint8 RGB ``[H, W, 3]``."""
