@@ -175,6 +175,12 @@ def build_parser():
         help="compute in float16 (default when given; GPUs) or bfloat16 (CPUs, TPUs), "
         "variables and outputs in float32",
     )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out the images that do not open (named on stderr, listed in run.json as "
+        "skipped_images) instead of stopping before training",
+    )
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("evaluate", help="COCO AP of a trained model")

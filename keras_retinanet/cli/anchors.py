@@ -6,16 +6,17 @@ training. Only annotations and image sizes are read, never pixels: COCO and VOC 
 hold the sizes, CSV reads each image's header.
 """
 
-import json
 import os
 
 from keras_retinanet.cli._common import (
     DEMO_ANCHOR_AREAS,
+    check_writable,
     fail,
     first_line,
     positive,
     require_dir,
     require_file,
+    write_json_file,
 )
 
 #: The resize of ``DetectionDataset`` (docs/numerics.md, "Input preprocessing"), used unless
@@ -78,6 +79,10 @@ def anchors_command(args):
 
     if args.worst < 0:
         fail(f"--worst must be a non-negative integer, got {args.worst}")
+    if args.json:
+        if os.path.isdir(args.json):
+            fail(f"--json {args.json!r} is a directory")
+        check_writable(args.json, "--json", folder=False)  # before reading the data set
     dataset = _load_dataset(args)
     min_side, max_side, image_size = _resize_options(args)
     try:
@@ -158,9 +163,4 @@ def _anchor_generator(kind):
 
 
 def _write_json(path, data):
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-    except OSError as e:
-        fail(f"--json {path!r}: {first_line(e)}")
+    write_json_file(data, path, "--json")

@@ -1,9 +1,19 @@
 """``convert``: a torchvision RetinaNet checkpoint -> a ``.keras`` model and its ``run.json``."""
 
-import json
+import contextlib
 import os
 
-from keras_retinanet.cli._common import RUN_FILE, fail, first_line, load_preset, require_file
+from keras_retinanet.cli._common import (
+    RUN_FILE,
+    check_writable,
+    fail,
+    first_line,
+    load_preset,
+    make_output_dir,
+    require_file,
+    write_json_file,
+    writing,
+)
 
 
 def convert_command(args):
@@ -28,6 +38,8 @@ def convert_command(args):
                 f"{path!r} already exists; pass --overwrite to replace it, or choose another "
                 "--output (run.json is written beside the model: one model per folder)"
             )
+    check_writable(output, "--output", folder=False)
+    check_writable(run_path, "--output", folder=False)
     if args.preset is not None:
         model, run = load_preset(args.preset, args.weights)
         source = args.weights or model.preset
@@ -44,9 +56,18 @@ def convert_command(args):
         run = torchvision_run_config(args.version, model.num_classes)
         source = args.weights
     run = {"backend": keras.backend.backend(), "source": os.path.basename(source), **run}
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    model.save(output)
-    with open(run_path, "w") as f:
-        json.dump(run, f, indent=2)
+    from keras_retinanet.checkpoint import save_model_atomically
+
+    make_output_dir(os.path.dirname(os.path.abspath(output)))
+    existed = os.path.exists(output)
+    with writing("--output"):  # atomic: a full disk leaves no half-written model
+        save_model_atomically(model, output)
+    try:
+        write_json_file(run, run_path, "--output")
+    except SystemExit:
+        if not existed:  # no model without the run.json that runs it
+            with contextlib.suppress(OSError):
+                os.remove(output)
+        raise
     print(f"torchvision {run['torchvision_version']} checkpoint -> {output} (+ {run_path})")
     return 0

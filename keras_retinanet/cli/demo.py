@@ -3,7 +3,7 @@
 import os
 import time
 
-from keras_retinanet.cli._common import DEMO_OUTPUT, check_output
+from keras_retinanet.cli._common import DEMO_OUTPUT, check_output, writing
 from keras_retinanet.cli.evaluate import evaluate_model
 from keras_retinanet.cli.predict import draw_predictions, image_records
 from keras_retinanet.cli.train import run_training
@@ -20,9 +20,10 @@ def demo_command(args):
     check_output(output, args.overwrite or args.output is None)
     start = time.time()
     print(f"backend: {keras.backend.backend()}")
-    paths = generate_shapes_dataset(
-        os.path.join(output, "shapes"), num_train=args.num_train, num_val=args.num_val
-    )
+    with writing(f"--output {output!r}"):
+        paths = generate_shapes_dataset(
+            os.path.join(output, "shapes"), num_train=args.num_train, num_val=args.num_val
+        )
     print(f"shapes dataset: {args.num_train} train / {args.num_val} val images -> {paths.root}")
     model, run = run_training(
         train_annotations=paths.train_annotations,

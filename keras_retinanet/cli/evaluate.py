@@ -1,18 +1,20 @@
 """``evaluate``: COCO AP of a trained model, overall and per class."""
 
-import json
 import math
 import os
+import sys
 
 from keras_retinanet.cli._common import (
     DATASET_FORMATS,
+    check_writable,
     default_run,
+    describe_classes,
     fail,
-    first_line,
     load_dataset,
     load_run,
     require_file,
     sizes,
+    write_json_file,
 )
 
 
@@ -36,14 +38,16 @@ def add_evaluate_arguments(parser):
     return parser
 
 
-def evaluate_model(model, run, dataset, annotations, batch_size):
+def evaluate_model(model, run, dataset, annotations, batch_size, class_to_category_id=None):
     """COCO AP of ``model`` on ``dataset``, with the resize, ``normalization`` and
     ``decoding`` of ``run`` (as :func:`~keras_retinanet.cli.predict.draw_predictions`).
 
     Returns ``(stats, results)`` of :func:`~keras_retinanet.inference.evaluate_detector`;
     ``stats["per_class"]`` names the categories as the annotation file does, which for a
     trained model are its ``class_names`` and for a converted torchvision model (labels are
-    COCO category ids) the COCO names."""
+    COCO category ids) the COCO names. ``class_to_category_id`` (the model's class ->
+    category id; default the dataset's) overrides the mapping, e.g. from
+    :func:`check_classes`."""
     from keras_retinanet.data import InferenceBatches
     from keras_retinanet.inference import evaluate_detector
 
@@ -54,7 +58,9 @@ def evaluate_model(model, run, dataset, annotations, batch_size):
         **sizes(run),
     )
     category_ids = dataset.class_to_category_id
-    if run.get("torchvision_version"):
+    if class_to_category_id is not None:
+        category_ids = class_to_category_id
+    elif run.get("torchvision_version"):
         # A converted torchvision model's labels are COCO category ids already.
         category_ids = run["class_to_category_id"]
     return evaluate_detector(
@@ -84,14 +90,65 @@ def stats_to_json(stats):
 
 
 def _write_json(path, stats):
-    try:
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(stats_to_json(stats), f, indent=2)
-            f.write("\n")
-    except OSError as e:
-        fail(f"--json {path!r}: {first_line(e)}")
+    from keras_retinanet.cli._common import make_output_dir
+
+    make_output_dir(os.path.dirname(os.path.abspath(path)), "--json")
+    write_json_file(stats_to_json(stats), path, "--json")
+
+
+def check_classes(model, run, dataset, flag="--annotations"):
+    """The model's class -> category id mapping to score ``dataset`` with (``None``: the
+    dataset's own), after checking that the model's classes (``run.json``'s ``class_names``
+    and ``class_to_category_id``, else ``model.num_classes``) are the dataset's; exits
+    (status 2) naming both otherwise, before any inference.
+
+    * a converted torchvision model predicts COCO category ids: every category id of the
+      dataset must be one of them;
+    * the same names in the same order: the dataset's ids are used (a note says so when the
+      model recorded other ids);
+    * the same names in another order: classes are mapped by name (a note says so).
+    """
+    data_names = [str(n) for n in dataset.class_names]
+    data_ids = [int(i) for i in dataset.category_ids]
+    described = f"{flag} has {len(data_names)} ({describe_classes(data_names)})"
+    if run.get("torchvision_version"):
+        known = {int(i) for i in run.get("class_to_category_id") or range(model.num_classes)}
+        unknown = [i for i in data_ids if i not in known]
+        if unknown:
+            fail(
+                f"--model (torchvision {run['torchvision_version']}) predicts COCO category ids "
+                f"0..{max(known)} but {flag} has category ids it never predicts, e.g. "
+                f"{unknown[:5]} (classes {describe_classes(data_names)})"
+            )
+        return None
+    names = run.get("class_names")
+    if names is None:  # no run.json: only the count can be checked
+        if model.num_classes != len(data_names):
+            fail(f"--model has {model.num_classes} classes but {described}")
+        return None
+    names = [str(n) for n in names]
+    if len(names) != len(data_names):
+        fail(f"--model has {len(names)} classes ({describe_classes(names)}) but {described}")
+    model_ids = run.get("class_to_category_id")
+    if names == data_names:
+        if model_ids is not None and [int(i) for i in model_ids] != data_ids:
+            _note(
+                f"--model's category ids {list(model_ids)[:8]} differ from {flag}'s "
+                f"{data_ids[:8]}; the classes are matched by name"
+            )
+        return None
+    if sorted(names) == sorted(data_names):
+        by_name = dict(zip(data_names, data_ids, strict=True))
+        _note(f"{flag} lists the model's classes in another order; they are matched by name")
+        return [by_name[n] for n in names]
+    fail(
+        f"--model's {len(names)} classes ({describe_classes(names)}) are not the classes of "
+        f"{flag} ({describe_classes(data_names)})"
+    )
+
+
+def _note(message):
+    print(f"keras-retinanet: note: {message}", file=sys.stderr)
 
 
 def evaluate_command(args):
@@ -102,6 +159,8 @@ def evaluate_command(args):
     require_file(args.model, "--model")
     if json_path is not None and os.path.isdir(json_path):
         fail(f"--json {json_path!r} is a directory")  # before the (slow) evaluation
+    if json_path is not None:
+        check_writable(json_path, "--json", folder=False)
     dataset = load_dataset(
         kind,
         args.annotations,
@@ -116,7 +175,8 @@ def evaluate_command(args):
     ground_truth = args.annotations if kind == "coco" else dataset.to_coco()
     model, run = load_run(args.model)
     run = {**default_run(), **run}
-    stats, _ = evaluate_model(model, run, dataset, ground_truth, args.batch_size)
+    category_ids = check_classes(model, run, dataset)  # before any inference
+    stats, _ = evaluate_model(model, run, dataset, ground_truth, args.batch_size, category_ids)
     for name in ("AP", "AP50", "AP75"):
         print(f"{name}: {stats[name]:.4f}")
     print(f"mAP@0.5: {stats['AP50']:.4f}")

@@ -1,6 +1,6 @@
 """``predict``: draw detections and write a COCO-results JSON."""
 
-import json
+import contextlib
 import os
 
 from keras_retinanet.cli._common import (
@@ -10,9 +10,12 @@ from keras_retinanet.cli._common import (
     first_line,
     load_preset,
     load_run,
+    make_output_dir,
+    os_error_message,
     require_file,
     sizes,
     with_sizes,
+    write_json_file,
 )
 
 
@@ -55,7 +58,7 @@ def draw_predictions(model, run, records, output, score_threshold, batch_size):
     names = run.get("class_names") or [str(i) for i in range(model.num_classes)]
     # Without run.json the classes are reported as their own (contiguous) category ids.
     category_ids = run.get("class_to_category_id") or list(range(model.num_classes))
-    os.makedirs(output, exist_ok=True)
+    make_output_dir(output)
     results, written = [], []
     progress = keras.utils.Progbar(len(records), unit_name="image")
     for images, meta in batches:
@@ -71,14 +74,20 @@ def draw_predictions(model, run, records, output, score_threshold, batch_size):
             keep = scores[row, :n] >= score_threshold
             stem = os.path.splitext(os.path.basename(record["path"]))[0]
             path = os.path.join(output, f"{stem}_detections.png")
-            draw_detections(
-                load_image(record["path"]),
-                b[keep],
-                classes[row, :n][keep],
-                scores[row, :n][keep],
-                class_names=names,
-                path=path,
-            )
+            pixels = load_image(record["path"])
+            try:
+                draw_detections(
+                    pixels,
+                    b[keep],
+                    classes[row, :n][keep],
+                    scores[row, :n][keep],
+                    class_names=names,
+                    path=path,
+                )
+            except OSError as e:  # a full disk or a read-only folder: no half-written PNG
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                fail(f"--output {output!r}: {os_error_message(e)}")
             written.append(path)
             for box, score, cls in zip(b, scores[row, :n], classes[row, :n], strict=True):
                 results.append(
@@ -92,8 +101,7 @@ def draw_predictions(model, run, records, output, score_threshold, batch_size):
                     }
                 )
         progress.add(len(meta["image_id"]))
-    with open(os.path.join(output, "detections.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_json_file(results, os.path.join(output, "detections.json"), "--output", indent=1)
     return written, results
 
 

@@ -1,18 +1,21 @@
 """``train``: fit a RetinaNet on a COCO, CSV or Pascal VOC dataset, on one or more devices."""
 
 import contextlib
-import json
 import os
 import sys
 import time
 
 from keras_retinanet.cli._common import (
     RUN_FILE,
+    check_images_readable,
     check_output,
     fail,
     first_line,
     load_dataset,
+    make_output_dir,
+    remove_if_empty,
     sizes,
+    writing,
 )
 
 #: ``--mixed-precision`` values and the Keras dtype policies they set.
@@ -51,6 +54,7 @@ def run_training(
     resume=False,
     tensorboard=None,
     mixed_precision=None,
+    skip_unreadable=False,
 ):
     """Trains a RetinaNet; writes ``model.keras``, ``checkpoint.json`` (the completed epochs)
     and ``run.json`` into ``output`` and returns ``(model, run)``. The keywords are the
@@ -65,7 +69,57 @@ def run_training(
     The model is saved atomically after every epoch (a kill never leaves a broken file, and
     the previous one survives); ``resume=True`` continues from the last completed epoch of
     ``output`` with the saved optimizer state. A NaN or Inf loss stops training at once, keeps
-    the last good checkpoint and exits with status 3."""
+    the last good checkpoint and exits with status 3.
+
+    Every image of the training and validation sets is opened before anything is written:
+    the first unreadable one exits with status 2 naming it, or with ``skip_unreadable`` the
+    unreadable ones are left out, named on stderr and listed in ``run.json``
+    (``"skipped_images"``). A failed write (permissions, a full disk) exits with status 2 and
+    a one-line message; files are replaced atomically, so none is left half-written."""
+    created = not os.path.exists(output)
+    try:
+        return _run_training(
+            train_annotations=train_annotations,
+            train_images=train_images,
+            output=output,
+            dataset=dataset,
+            classes=classes,
+            train_split=train_split,
+            val_annotations=val_annotations,
+            val_images=val_images,
+            val_split=val_split,
+            overwrite=overwrite,
+            recipe=recipe,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            anchors=anchors,
+            fpn_filters=fpn_filters,
+            head_convs=head_convs,
+            image_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            devices=devices,
+            workers=workers,
+            seed=seed,
+            eval_every=eval_every,
+            verbose=verbose,
+            resume=resume,
+            tensorboard=tensorboard,
+            mixed_precision=mixed_precision,
+            skip_unreadable=skip_unreadable,
+        )
+    except SystemExit:
+        if created:  # a run that failed before writing anything leaves no empty folder
+            remove_if_empty(output)
+        raise
+
+
+def _run_training(*, train_annotations, train_images, output, dataset, classes, train_split,
+                  val_annotations, val_images, val_split, overwrite, recipe, backbone,
+                  backbone_weights, anchors, fpn_filters, head_convs, image_size, epochs,
+                  batch_size, learning_rate, devices, workers, seed, eval_every, verbose,
+                  resume, tensorboard, mixed_precision, skip_unreadable):  # fmt: skip
     import keras
 
     from keras_retinanet.recipes import get_recipe
@@ -103,11 +157,18 @@ def run_training(
     )
     if len(train_set) == 0:
         fail(f"--train-annotations {train_annotations!r} lists no images")
+    train_set, skipped = check_images_readable(
+        train_set, "--train-annotations", skip_unreadable, verbose
+    )
     val_set = val_json = None
     if val_annotations is not None:
         val_set = load_dataset(
             dataset, val_annotations, val_images, classes, val_split, "--val-annotations"
         )
+        val_set, val_skipped = check_images_readable(
+            val_set, "--val-annotations", skip_unreadable, verbose
+        )
+        skipped += val_skipped
         val_json = _coco_ground_truth(dataset, val_set, val_annotations, output, rank)
     elif val_images is not None:
         fail("--val-images needs --val-annotations")
@@ -122,6 +183,8 @@ def run_training(
         "devices": devices,
         "global_batch_size": global_batch,
     }
+    if skip_unreadable:
+        run["skipped_images"] = skipped
     batches = _training_batches(train_set, plan, global_batch, seed, workers)
     engine = _distribution(devices, global_batch, world)
     with engine:
@@ -266,8 +329,9 @@ def _coco_ground_truth(kind, dataset, annotations, output, rank):
     if rank == 0:
         from keras_retinanet.checkpoint import write_json_atomically
 
-        os.makedirs(output, exist_ok=True)
-        write_json_atomically(dataset.to_coco(), path)
+        make_output_dir(output)
+        with writing("--output"):
+            write_json_atomically(dataset.to_coco(), path)
     return path
 
 
@@ -314,9 +378,11 @@ def _model(plan, run, *, resume, output, num_classes, backbone_weights, mixed_pr
         )
     )
     if rank == 0:
-        os.makedirs(output, exist_ok=True)
-        with open(os.path.join(output, RUN_FILE), "w") as f:
-            json.dump(run, f, indent=2)
+        from keras_retinanet.checkpoint import write_json_atomically
+
+        make_output_dir(output)
+        with writing("--output"):
+            write_json_atomically(run, os.path.join(output, RUN_FILE))
     return model, 0
 
 
@@ -388,7 +454,12 @@ def _fit(
     except OSError as e:  # a checkpoint could not be written (disk full, permissions)
         fail(first_line(e))
     if stopper.nonfinite:
-        print(f"keras-retinanet: error: {stopper.message}", file=sys.stderr)
+        message = stopper.message
+        if not os.path.exists(model_path):
+            message = message.replace(
+                "the last good checkpoint is kept", "no epoch completed, so no model was saved"
+            )
+        print(f"keras-retinanet: error: {message}", file=sys.stderr)
         raise SystemExit(3)
     done = epochs - initial_epoch
     if rank == 0:
