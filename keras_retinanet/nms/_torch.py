@@ -1,14 +1,35 @@
 """``combined_non_max_suppression`` in pure PyTorch (vectorised over the batch, device-resident).
 
-Same exact algorithm as the JAX version (see ``_jax.py``): every ``(box, class)`` candidate of
-an image is visited in one global order (score descending, ties by ``box * C + class``), in
-blocks of the best ``block_size`` candidates found through per-box keys; within a block the
-loop jumps from kept box to kept box, so the work is ``O(K * block_size)`` and nothing of size
-``N x N`` is ever built. ``torchvision.ops.batched_nms`` is not used: its IoU arithmetic and tie
-handling differ from TensorFlow's, and exact agreement is required.
+Every ``(box, class)`` candidate of an image is visited in one global order (score descending,
+ties by ``box * C + class``), the order of the merged output, so the boxes kept by per-class
+greedy NMS under both caps are the first ``K`` kept in that order. ``torchvision.ops.batched_nms``
+is not used: its IoU arithmetic and tie handling differ from TensorFlow's, and exact agreement is
+required.
 
-Tensors stay on their device; the only host synchronisations are the loop-exit checks (every
-iteration on CPU, every few iterations elsewhere) and one NaN check.
+Host synchronisations: at most :data:`HOST_SYNCS` (3) per call, whatever ``K``, ``B``, ``C`` or
+the number of boxes; all go through :func:`_host_read`, each reading a few integers.
+
+1. Read whether a score is NaN and the number of candidates of the fullest image, ``M`` (exact
+   up to ``block_size``). Phase A takes the first ``L = min(block_size, M)`` candidates of
+   every image in visiting order (fixed-size ``topk``: the best ``L`` boxes by their best
+   candidate score hold them) and runs greedy NMS on them in a loop of ``min(K, L,
+   per_class * C)`` steps, a count known on the host: each step keeps the first candidate still
+   alive of every image (none once all are dropped) and drops the candidates of its class that
+   it suppresses, or all of them once the class is full.
+2. Only if ``M > block_size`` (or a score is NaN): read whether an image still has free rows
+   and unvisited candidates.
+3. Only then: read how many candidates of those images, of classes not yet full, are left,
+   and how many rows are free. Phase B runs on all of them at once (suppressed first by phase
+   A's kept boxes), so nothing more is read.
+
+Typical detector outputs (``K = 100``, a few thousand candidates) need one or two reads. Every
+tensor's shape follows from the static shapes and these reads, never from other values; no
+boolean-mask indexing, no ``nonzero``, no per-call device constants (scalars are Python numbers).
+
+Exactness: IoU is computed with the operations of ``reference.py`` in the same order, each an
+eager float32 kernel, so ``area_i + area_j - inter`` is never contracted into a fused
+multiply-add with ``inter = h * w``. This holds in eager mode only: ``torch.compile`` (inductor)
+may fuse the kernels and contract, which can flip a decision where an IoU equals the threshold.
 """
 
 import numpy as np
@@ -16,19 +37,21 @@ import torch
 
 from keras_retinanet.nms._validation import output_size, validate_arguments
 
-#: Candidates visited per block (see ``_jax.BLOCK_SIZE``).
+#: Candidates per image of phase A (more: a second host read, and phase B if not done).
 BLOCK_SIZE = 1024
-#: Kept boxes compared at once with a new block.
-_KEPT_CHUNK = 128
-#: Blocks expected to keep more boxes than this use the fixed-point formulation.
-_JUMP_LIMIT = 128
-#: Loop-exit checks synchronise with the device; off the CPU they are done this often.
-_SYNC_EVERY = 8
+#: Most host synchronisations of one call.
+HOST_SYNCS = 3
+_NEG_INF = float("-inf")
+
+
+def _host_read(tensor):
+    """The one way this module reads device values: a small int64 tensor -> list of ints."""
+    return tensor.tolist()
 
 
 def _canonical(x):
     """``-0.0`` -> ``+0.0`` so that ordering by bits agrees with ordering by value."""
-    return torch.where(x == 0, torch.zeros_like(x), x)
+    return torch.where(x == 0, 0.0, x)
 
 
 def _topk_stable(values, k):
@@ -48,96 +71,153 @@ def _topk_stable(values, k):
     return values.gather(-1, index), index
 
 
-def _normalise(boxes):
-    """``[..., 4]`` corners in any order -> ``[..., 5]`` ``(ymin, xmin, ymax, xmax, area)``."""
-    y_min = torch.minimum(boxes[..., 0], boxes[..., 2])
-    x_min = torch.minimum(boxes[..., 1], boxes[..., 3])
-    y_max = torch.maximum(boxes[..., 0], boxes[..., 2])
-    x_max = torch.maximum(boxes[..., 1], boxes[..., 3])
-    area = (y_max - y_min) * (x_max - x_min)
-    return torch.stack([y_min, x_min, y_max, x_max, area], dim=-1)
+def _box_keys(scores, score_threshold, exact):
+    """``[B, N, C]`` -> ``[B, N]`` best candidate score per box (``-inf`` if none).
 
-
-def _suppresses(a, b, iou_threshold):
-    """``IoU(a, b) > iou_threshold`` for broadcastable ``[..., 5]`` normalised boxes (float32
-    arithmetic of TensorFlow: ``inter / (area_a + area_b - inter)``, 0 if an area is ``<= 0``)."""
-    inter_h = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])
-    inter_w = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])
-    inter = inter_h.clamp_min(0) * inter_w.clamp_min(0)
-    area_a, area_b = a[..., 4], b[..., 4]
-    positive = (area_a > 0) & (area_b > 0)
-    union = torch.where(positive, area_a + area_b - inter, torch.ones_like(inter))
-    return positive & (inter / union > iou_threshold)
-
-
-def _box_keys(scores, score_threshold, ok=None):
-    """``[B, N, C]`` -> ``[B, N]`` best candidate score per box (``-inf`` if none)."""
-    mask = scores > score_threshold
-    if ok is not None:
-        mask = mask & ok
-    neg_inf = torch.tensor(float("-inf"), device=scores.device)
-    return _canonical(torch.where(mask, scores, neg_inf).amax(dim=-1))
-
-
-def _initial_keys(scores, score_threshold):
-    raw = scores.amax(dim=-1)
-    if bool(torch.isnan(raw).any()):  # max propagates NaN: recompute exactly
-        return _box_keys(scores, score_threshold)
-    neg_inf = torch.tensor(float("-inf"), device=scores.device)
-    return _canonical(torch.where(raw > score_threshold, raw, neg_inf))
-
-
-class _Kept:
-    """Boxes kept so far for each image, ``k`` rows plus one scratch row."""
-
-    def __init__(self, batch, num_classes, k, device):
-        self.k = k
-        self.box = torch.zeros((batch, k + 1, 4), device=device)
-        self.norm = torch.zeros((batch, k + 1, 5), device=device)
-        self.score = torch.zeros((batch, k + 1), device=device)
-        self.cls = torch.zeros((batch, k + 1), dtype=torch.int64, device=device)
-        self.counts = torch.zeros((batch, num_classes), dtype=torch.int64, device=device)
-        self.num = torch.zeros((batch,), dtype=torch.int64, device=device)
-
-
-class _Block:
-    """One block of candidates per image, ``[B, m]``."""
-
-    def __init__(self, boxes, values, flat, valid, num_classes):
-        batch = boxes.shape[0]
-        self.values, self.flat, self.valid = values, flat, valid
-        self.cls = flat % num_classes
-        rows = torch.arange(batch, device=boxes.device)[:, None]
-        box_n = flat // num_classes
-        self.box = boxes[rows, box_n, self.cls if boxes.shape[2] > 1 else 0]  # [B, m, 4]
-        self.norm = _normalise(self.box)
-
-
-def _select_all(scores, score_threshold):
-    """Every candidate, in visiting order: ``(values, flat, valid)`` each ``[B, N * C]``."""
-    neg_inf = torch.tensor(float("-inf"), device=scores.device)
-    masked = torch.where(scores > score_threshold, _canonical(scores), neg_inf)
-    values, flat = _topk_stable(masked.reshape(scores.shape[0], -1), masked[0].numel())
-    return values, flat, values > float("-inf")
-
-
-def _select_block(scores, keys, kept, prev_score, prev_index, per_class, score_threshold, m):
-    """The best ``m`` candidates of each image after ``(prev_score, prev_index)``.
-
-    The best ``m`` boxes by ``keys`` hold every one of the best ``m`` candidates.
+    Not ``exact``: one ``amax`` pass, and a box with a NaN score gets NaN (check first).
     """
-    batch, num_boxes, num_classes = scores.shape
-    _, box_idx = _topk_stable(keys, min(m, num_boxes))
+    if exact:
+        return _canonical(torch.where(scores > score_threshold, scores, _NEG_INF).amax(dim=-1))
+    raw = scores.amax(dim=-1)
+    return _canonical(torch.where(raw > score_threshold, raw, _NEG_INF)).where(raw == raw, raw)
+
+
+def _top_boxes(scores, keys, count):
+    """Scores ``[B, g, C]`` of the best ``g = min(count, N)`` boxes by ``keys``, in ascending box
+    order, and their box indices ``[B, g]`` (``None``: every box, in order).
+
+    The best ``count`` boxes by exact keys hold the best ``count`` candidates: every box ranked
+    before a candidate's box has a candidate ranked before it.
+    """
+    num_boxes, num_classes = scores.shape[1:]
+    if count >= num_boxes:
+        return scores, None
+    _, box_idx = _topk_stable(keys, count)
     box_idx, _ = torch.sort(box_idx, dim=-1)  # ascending: equal scores rank by flat index
     gathered = scores.gather(1, box_idx[..., None].expand(-1, -1, num_classes))
-    classes = torch.arange(num_classes, device=scores.device)
-    flat = box_idx[..., None] * num_classes + classes
-    ok = (gathered > score_threshold) & (kept.counts < per_class)[:, None, :]
-    ok = ok & _after(gathered, flat, prev_score, prev_index)
-    neg_inf = torch.tensor(float("-inf"), device=scores.device)
-    masked = torch.where(ok, _canonical(gathered), neg_inf).reshape(batch, -1)
-    values, position = _topk_stable(masked, m)
-    return values, flat.reshape(batch, -1).gather(1, position), values > float("-inf")
+    return gathered, box_idx
+
+
+def _first(masked, box_idx, num_classes, count):
+    """The first ``count`` candidates of every image in visiting order.
+
+    Args:
+        masked: ``[B, n]`` scores from :func:`_top_boxes`, ``-inf`` where not a candidate.
+        box_idx, num_classes: the boxes of ``masked`` (from :func:`_top_boxes`).
+
+    Returns:
+        ``values [B, count]`` (canonical, ``-inf`` past the candidates), ``flat [B, count]``.
+    """
+    values, position = _topk_stable(_canonical(masked), count)
+    return values, _flat(position, box_idx, num_classes)
+
+
+def _all(masked, box_idx, num_classes, count):
+    """:func:`_first` when no image has more than ``count`` candidates: a float ``topk`` finds
+    them all (in any order, with ``-inf`` fill), then only they are ordered."""
+    _, position = torch.topk(masked, count, dim=-1, sorted=False)
+    position, _ = torch.sort(position, dim=-1)  # ascending: equal scores rank by flat index
+    values, order = _topk_stable(_canonical(masked.gather(1, position)), count)
+    return values, _flat(position.gather(1, order), box_idx, num_classes)
+
+
+def _flat(position, box_idx, num_classes):
+    """``box * C + class`` of positions in the ``[B, g * C]`` scores of :func:`_top_boxes`."""
+    if box_idx is None:
+        return position
+    return box_idx.gather(1, position // num_classes) * num_classes + position % num_classes
+
+
+class _Candidates:
+    """Candidates ``[B, m]`` in visiting order, with what greedy NMS needs of them."""
+
+    def __init__(self, boxes, values, flat, num_classes):
+        batch, num_boxes, q, _ = boxes.shape
+        self.values = values
+        self.valid = values > _NEG_INF
+        self.cls = flat % num_classes
+        self.cls32 = self.cls.to(torch.int32)
+        row = (flat // num_classes) * q + (self.cls if q > 1 else 0)
+        self.box = boxes.reshape(batch, num_boxes * q, 4).gather(
+            1, row[..., None].expand(-1, -1, 4)
+        )
+        b = self.box
+        self.y_min = torch.minimum(b[..., 0], b[..., 2])
+        self.x_min = torch.minimum(b[..., 1], b[..., 3])
+        self.y_max = torch.maximum(b[..., 0], b[..., 2])
+        self.x_max = torch.maximum(b[..., 1], b[..., 3])
+        area = (self.y_max - self.y_min) * (self.x_max - self.x_min)
+        # NaN area: every IoU with the box is NaN and never above the threshold, which is the
+        # reference's "IoU = 0 when either area is <= 0" for thresholds in [0, 1].
+        self.area = torch.where(area > 0, area, float("nan"))
+        self.table = torch.stack([self.y_min, self.x_min, self.y_max, self.x_max, self.area], -1)
+
+    def pick(self, index):
+        """``[B, 1, 5]`` normalised boxes at ``index [B, 1]``."""
+        return self.table.gather(1, index[..., None].expand(-1, -1, 5))
+
+    def suppressed_by(self, one, iou_threshold, out=None):
+        """``[B, m]``: ``IoU(one, candidate) > iou_threshold`` for ``one [B, 1, 5]``, with the
+        float32 operations of ``reference._iou_one_to_many`` in the same order, each its own
+        eager kernel (no fused multiply-add). ``out``: work buffers from :meth:`buffers`."""
+        inter, inter_w, union, result = self.buffers() if out is None else out
+        torch.minimum(one[..., 2], self.y_max, out=inter)
+        inter.sub_(torch.maximum(one[..., 0], self.y_min, out=union)).clamp_min_(0.0)
+        torch.minimum(one[..., 3], self.x_max, out=inter_w)
+        inter_w.sub_(torch.maximum(one[..., 1], self.x_min, out=union)).clamp_min_(0.0)
+        inter.mul_(inter_w)
+        torch.add(one[..., 4], self.area, out=union).sub_(inter)  # (area_i + area_j) - inter
+        return torch.gt(inter.div_(union), iou_threshold, out=result)
+
+    def buffers(self):
+        """Work buffers for :meth:`suppressed_by` (reused across the steps of a loop)."""
+        shape, device = self.area.shape, self.area.device
+        floats = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(3)]
+        return floats + [torch.empty(shape, dtype=torch.bool, device=device)]
+
+
+def _greedy(cand, alive, steps, iou_threshold, counts, per_class, num=None, k=None):
+    """Greedy NMS over ``cand`` in ``steps`` loop steps (a host-known count).
+
+    Args:
+        alive: ``[B, m]`` uint8, candidates not dropped yet (updated in place).
+        counts: ``[B, C]`` int64 kept per class, updated; ``None``: no per-class cap binds.
+        num, k: ``[B]`` kept so far and the total cap, or ``None`` when ``steps`` enforces it.
+
+    Returns:
+        ``(index [B, steps], kept [B, steps] bool)``, a prefix of each row kept.
+    """
+    picks, kept = [], []
+    work = cand.buffers()
+    same = torch.empty_like(work[-1])
+    for _ in range(steps):
+        # First alive candidate (first maximum). Not ``max(dim=...)``: on the CPU its threads
+        # stall for milliseconds on busy cores, where ``argmax`` takes microseconds.
+        i = alive.argmax(dim=1, keepdim=True)
+        has = alive.gather(1, i).bool()
+        if num is not None:
+            has &= (num < k)[:, None]
+            num += has[:, 0].to(num.dtype)
+        picks.append(i)
+        kept.append(has)
+        drop = cand.suppressed_by(cand.pick(i), iou_threshold, work)
+        cls = cand.cls.gather(1, i)
+        if counts is not None:
+            counts.scatter_add_(1, cls, has.to(counts.dtype))
+            drop |= counts.gather(1, cls) >= per_class
+        drop &= torch.eq(cand.cls32, cls, out=same)
+        alive.masked_fill_(drop, 0)
+        alive.scatter_(1, i, 0)
+    if not picks:
+        empty = torch.zeros_like(alive[:, :0], dtype=torch.int64)
+        return empty, empty.bool()
+    return torch.cat(picks, dim=1), torch.cat(kept, dim=1)
+
+
+def _gather_rows(cand, index):
+    """Boxes ``[B, t, 4]``, scores and classes ``[B, t]`` of the candidates at ``index``."""
+    box = cand.box.gather(1, index[..., None].expand(-1, -1, 4))
+    return box, cand.values.gather(1, index), cand.cls.gather(1, index)
 
 
 def _after(values, flat, prev_score, prev_index):
@@ -145,124 +225,6 @@ def _after(values, flat, prev_score, prev_index):
     shape = (-1,) + (1,) * (values.dim() - 1)
     prev_score, prev_index = prev_score.view(shape), prev_index.view(shape)
     return (values < prev_score) | ((values == prev_score) & (flat > prev_index))
-
-
-def _next_keys(scores, kept, prev_score, prev_index, per_class, score_threshold):
-    """``[B, N]`` exact box keys of the candidates not visited yet, of classes not yet full."""
-    _, num_boxes, num_classes = scores.shape
-    flat = torch.arange(num_boxes * num_classes, device=scores.device).view(num_boxes, -1)
-    ok = _after(scores, flat, prev_score, prev_index) & (kept.counts < per_class)[:, None, :]
-    return _box_keys(scores, score_threshold, ok)
-
-
-def _suppressed_by_kept(kept, block, iou_threshold):
-    """``[B, m]`` bool: IoU above the threshold with a kept box of the same class."""
-    most = int(kept.num.max())
-    width = int(kept.counts.max())
-    if most == 0:
-        return torch.zeros_like(block.valid)
-    if width < most:  # compare each candidate with the kept boxes of its class only
-        return _suppressed_by_class_table(kept, block, iou_threshold, most, width)
-    hit = torch.zeros_like(block.valid)
-    for start in range(0, most, _KEPT_CHUNK):
-        stop = min(start + _KEPT_CHUNK, most)
-        norm = kept.norm[:, start:stop, None, :]
-        pair = _suppresses(norm, block.norm[:, None, :, :], iou_threshold)
-        pair = pair & (kept.cls[:, start:stop, None] == block.cls[:, None, :])
-        rows = torch.arange(start, stop, device=hit.device)
-        pair = pair & (rows[None, :] < kept.num[:, None])[..., None]
-        hit |= pair.any(dim=1)
-    return hit
-
-
-def _suppressed_by_class_table(kept, block, iou_threshold, most, width):
-    """:func:`_suppressed_by_kept` through a ``[B, C, width, 5]`` table of kept boxes."""
-    batch, num_classes = kept.counts.shape
-    device = block.valid.device
-    cls = kept.cls[:, :most]
-    row_valid = torch.arange(most, device=device)[None, :] < kept.num[:, None]
-    onehot = torch.nn.functional.one_hot(cls, num_classes) * row_valid[..., None]
-    rank = (onehot.cumsum(dim=1) * onehot).sum(-1) - 1
-    image = torch.arange(batch, device=device)[:, None].expand(-1, most)
-    table = torch.zeros((batch, num_classes, width, 5), device=device)
-    filled = torch.zeros((batch, num_classes, width), dtype=torch.bool, device=device)
-    where = (image[row_valid], cls[row_valid], rank[row_valid])
-    table[where] = kept.norm[:, :most][row_valid]
-    filled[where] = True
-    rows = torch.arange(batch, device=device)[:, None]
-    same_class = table[rows, block.cls]  # [B, m, width, 5]
-    pair = _suppresses(same_class, block.norm[:, :, None, :], iou_threshold)
-    return (pair & filled[rows, block.cls]).any(dim=-1)
-
-
-def _greedy(kept, block, per_class, k, iou_threshold, first):
-    """Visits one block, keeping boxes until ``k`` are kept per image."""
-    alive = block.valid & (kept.num < k)[:, None]
-    if not first:
-        alive &= kept.counts.gather(1, block.cls) < per_class
-        alive &= ~_suppressed_by_kept(kept, block, iou_threshold)
-    if k - int(kept.num.min()) > _JUMP_LIMIT:
-        _greedy_fixed_point(kept, block, alive, per_class, k, iou_threshold)
-    else:
-        _greedy_jump(kept, block, alive, per_class, k, iou_threshold)
-
-
-def _greedy_fixed_point(kept, block, alive, per_class, k, iou_threshold):
-    """Greedy NMS of a block as the fixed point of ``keep[j] = alive[j] and no kept i < j of
-    the same class suppresses j``. From ``keep = alive``, after ``t`` rounds the first ``t``
-    decisions are final, so the loop ends (at the greedy result) within ``m`` rounds; in
-    practice after a few. Per-class and per-image caps then cut the kept sequence, which is
-    exact because boxes past a cap could only have suppressed boxes that are dropped anyway."""
-    m = alive.shape[1]
-    earlier = torch.ones((m, m), dtype=torch.bool, device=alive.device).triu(1)
-    same = block.cls[:, :, None] == block.cls[:, None, :]
-    pair = _suppresses(block.norm[:, :, None, :], block.norm[:, None, :, :], iou_threshold)
-    pair &= same & earlier  # [B, i, j]: kept i suppresses j
-    keep = alive
-    while True:
-        new = alive & ~(pair & keep[:, :, None]).any(dim=1)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    num_classes = kept.counts.shape[1]
-    onehot = torch.nn.functional.one_hot(block.cls, num_classes) * keep[..., None]
-    rank = (onehot.cumsum(dim=1) * onehot).sum(-1) - 1 + kept.counts.gather(1, block.cls)
-    keep &= rank < per_class
-    order = keep.cumsum(dim=1) - 1 + kept.num[:, None]
-    keep &= order < k
-    slot = torch.where(keep, order, torch.full_like(order, kept.k))  # row k is scratch
-    kept.box.scatter_(1, slot[..., None].expand(-1, -1, 4), block.box)
-    kept.norm.scatter_(1, slot[..., None].expand(-1, -1, 5), block.norm)
-    kept.score.scatter_(1, slot, block.values)
-    kept.cls.scatter_(1, slot, block.cls)
-    kept.counts += (onehot * keep[..., None]).sum(dim=1)
-    kept.num += keep.sum(dim=1)
-
-
-def _greedy_jump(kept, block, alive, per_class, k, iou_threshold):
-    """Greedy NMS of a block by jumping from one kept box to the next: ``O(kept * m)``."""
-    batch = block.values.shape[0]
-    rows = torch.arange(batch, device=block.values.device)
-    check_every = 1 if alive.device.type == "cpu" else _SYNC_EVERY
-    for step in range(k):
-        if step % check_every == 0 and not bool(alive.any()):
-            break
-        has = alive.any(dim=1)
-        i = alive.to(torch.uint8).argmax(dim=1)  # first alive candidate (all-false: 0, unused)
-        slot = torch.where(has, kept.num, kept.k)  # row k is scratch
-        cls = block.cls[rows, i]
-        kept.box[rows, slot] = block.box[rows, i]
-        norm_i = block.norm[rows, i]
-        kept.norm[rows, slot] = norm_i
-        kept.score[rows, slot] = block.values[rows, i]
-        kept.cls[rows, slot] = cls
-        kept.counts[rows, cls] += has.to(torch.int64)
-        kept.num += has.to(torch.int64)
-        full = (kept.counts[rows, cls] >= per_class)[:, None]
-        drop = _suppresses(norm_i[:, None, :], block.norm, iou_threshold) | full
-        drop = (block.cls == cls[:, None]) & drop
-        alive &= ~drop & (kept.num < k)[:, None]
-        alive[rows, i] = False
 
 
 def combined_non_max_suppression(
@@ -279,12 +241,17 @@ def combined_non_max_suppression(
 ):
     """``tf.image.combined_non_max_suppression`` for torch tensors (see ``reference.py``).
 
+    Exact in eager mode (see the module docstring: under ``torch.compile`` a fused
+    multiply-add may change an IoU that equals the threshold). At most :data:`HOST_SYNCS`
+    host synchronisations per call (see the module docstring).
+
     Args:
         boxes: ``[B, N, q, 4]`` with ``q`` 1 or ``num_classes``.
         scores: ``[B, N, num_classes]``, on the same device.
         max_output_size_per_class, max_total_size: positive ints.
         iou_threshold, score_threshold, pad_per_class, clip_boxes: as TensorFlow.
-        block_size: candidates visited per block (default :data:`BLOCK_SIZE`).
+        block_size: candidates per image of the first phase (default :data:`BLOCK_SIZE`);
+            images with more take a second host read, and a second phase if not done.
 
     Returns:
         ``nmsed_boxes [B, K, 4]``, ``nmsed_scores [B, K]``, ``nmsed_classes [B, K]`` float32 and
@@ -339,49 +306,106 @@ def run(
     num_classes = scores.shape[2]
     k = output_size(per_class, total, num_classes, pad_per_class)
     device = boxes.device
-    out_boxes = torch.zeros((batch, k, 4), device=device)
-    out_scores = torch.zeros((batch, k), device=device)
-    out_classes = torch.zeros((batch, k), device=device)
+    out_boxes = torch.zeros((batch, k, 4), dtype=torch.float32, device=device)
+    out_scores = torch.zeros((batch, k), dtype=torch.float32, device=device)
+    out_classes = torch.zeros((batch, k), dtype=torch.float32, device=device)
+    out_valid = torch.zeros((batch,), dtype=torch.int32, device=device)
     if batch == 0 or num_boxes == 0 or num_classes == 0:
-        return (
-            out_boxes,
-            out_scores,
-            out_classes,
-            torch.zeros((batch,), dtype=torch.int32, device=device),
-        )
-
-    kept_rows = min(k, num_boxes * num_classes)
-    kept = _Kept(batch, num_classes, kept_rows, device)
+        return out_boxes, out_scores, out_classes, out_valid
     per_class = min(per_class, num_boxes)
-    if block >= num_boxes * num_classes:
-        values, flat, valid = _select_all(scores, score_threshold)
-        block_ = _Block(boxes, values, flat, valid, num_classes)
-        _greedy(kept, block_, per_class, kept_rows, iou_threshold, first=True)
-    else:
-        keys = _initial_keys(scores, score_threshold)
-        prev_score = torch.full((batch,), float("inf"), device=device)
-        prev_index = torch.full((batch,), -1, dtype=torch.int64, device=device)
-        first = True
-        while True:
-            values, flat, valid = _select_block(
-                scores, keys, kept, prev_score, prev_index, per_class, score_threshold, block
-            )
-            block_ = _Block(boxes, values, flat, valid, num_classes)
-            _greedy(kept, block_, per_class, kept_rows, iou_threshold, first=first)
-            first = False
-            more = valid[:, -1] & (kept.num < kept_rows)
-            if not bool(more.any()):
-                break
-            prev_score, prev_index = values[:, -1], flat[:, -1]
-            keys = _next_keys(scores, kept, prev_score, prev_index, per_class, score_threshold)
-            neg_inf = torch.tensor(float("-inf"), device=device)
-            keys = torch.where(more[:, None], keys, neg_inf)  # finished images stay finished
 
-    rows = torch.arange(kept_rows, device=device)[None, :] < kept.num[:, None]
-    kept_box = kept.box[:, :kept_rows]
+    # Host read 1: any NaN score (the fast keys are then not exact), and the number of
+    # candidates of the fullest image, exact up to ``block`` (``block + 1``: more).
+    keys = _box_keys(scores, score_threshold, exact=False)
+    gathered, box_idx = _top_boxes(scores, keys, block + 1)
+    is_candidate = gathered > score_threshold
+    count = is_candidate.reshape(batch, -1).view(torch.uint8).sum(dim=1, dtype=torch.int32)
+    has_nan = torch.isnan(keys).any().to(torch.int64)
+    has_nan, most = _host_read(torch.stack([has_nan, count.max().to(torch.int64)]))
+    if has_nan:
+        keys = _box_keys(scores, score_threshold, exact=True)
+        gathered, box_idx = _top_boxes(scores, keys, block + 1)
+        is_candidate = gathered > score_threshold
+        size = min(block, num_boxes * num_classes)
+        more = size < num_boxes * num_classes
+    elif most == 0:
+        return out_boxes, out_scores, out_classes, out_valid
+    else:
+        size = min(block, most)
+        more = most > block
+
+    # Phase A: the first ``size`` candidates of every image.
+    masked = torch.where(is_candidate, gathered, _NEG_INF).reshape(batch, -1)
+    values, flat = (_first if more else _all)(masked, box_idx, num_classes, size)
+    cand = _Candidates(boxes, values, flat, num_classes)
+    steps = min(k, size, per_class * num_classes)
+    counts = torch.zeros((batch, num_classes), dtype=torch.int64, device=device)
+    alive = cand.valid.to(torch.uint8)
+    index, kept = _greedy(
+        cand, alive, steps, iou_threshold, counts if per_class < steps else None, per_class
+    )
+    parts = [(_gather_rows(cand, index), kept)]
+
+    if more:  # host read 2: is an image left with rows to fill and candidates to visit?
+        num = kept.sum(dim=1)
+        open_image = (num < k) & cand.valid[:, -1]
+        (any_open,) = _host_read(open_image.any().to(torch.int64).view(1))
+    if more and any_open:
+        # Host read 3: the candidates left of classes not full, and the rows free.
+        if per_class >= steps:  # phase A did not count per class
+            counts.scatter_add_(1, cand.cls.gather(1, index), kept.to(torch.int64))
+        per_image_class = (scores > score_threshold).sum(dim=1)  # [B, C]
+        visited = torch.zeros_like(counts).scatter_add_(1, cand.cls, cand.valid.to(torch.int64))
+        open_class = (counts < per_class) & open_image[:, None]
+        left = ((per_image_class - visited) * open_class).sum(dim=1)
+        total_b = torch.where(open_image, per_image_class.sum(dim=1), 0)
+        free = torch.where(open_image, k - num, 0)
+        left, size_b, rows = _host_read(torch.stack([left.max(), total_b.max(), free.max()]))
+        if left > 0:  # phase B: every candidate of the open images, the first ``size`` done
+            gathered, box_idx = _top_boxes(scores, keys, size_b)
+            masked = torch.where(gathered > score_threshold, gathered, _NEG_INF)
+            values_b, flat_b = _first(masked.reshape(batch, -1), box_idx, num_classes, size_b)
+            cand_b = _Candidates(boxes, values_b, flat_b, num_classes)
+            position = torch.arange(size_b, device=device)
+            alive_b = cand_b.valid & (position >= size) & open_class.gather(1, cand_b.cls)
+            for t in range(steps):  # phase A's kept boxes suppress first
+                one = cand.pick(index[:, t : t + 1])
+                drop = cand_b.suppressed_by(one, iou_threshold)
+                drop &= cand_b.cls == cand.cls.gather(1, index[:, t : t + 1])
+                alive_b &= ~(drop & kept[:, t : t + 1])
+            index_b, kept_b = _greedy(
+                cand_b,
+                alive_b.to(torch.uint8),
+                min(rows, left),
+                iou_threshold,
+                counts if per_class < k else None,
+                per_class,
+                num=num,
+                k=k,
+            )
+            parts.append((_gather_rows(cand_b, index_b), kept_b))
+
+    if len(parts) == 1:
+        (row_box, row_score, row_cls), kept = parts[0]
+        rows_out = kept.shape[1]
+        out_boxes[:, :rows_out] = torch.where(kept[..., None], row_box, 0.0)
+        out_scores[:, :rows_out] = torch.where(kept, row_score, 0.0)
+        out_classes[:, :rows_out] = torch.where(kept, row_cls.to(torch.float32), 0.0)
+    else:  # each part keeps a prefix of its rows: move the second part's up
+        row_box = torch.cat([p[0][0] for p in parts], dim=1)
+        row_score = torch.cat([p[0][1] for p in parts], dim=1)
+        row_cls = torch.cat([p[0][2] for p in parts], dim=1).to(torch.float32)
+        kept = torch.cat([p[1] for p in parts], dim=1)
+        slot = torch.where(kept, kept.cumsum(dim=1) - 1, k)  # row k is scratch
+        full_boxes = torch.zeros((batch, k + 1, 4), dtype=torch.float32, device=device)
+        full_scores = torch.zeros((batch, k + 1), dtype=torch.float32, device=device)
+        full_classes = torch.zeros((batch, k + 1), dtype=torch.float32, device=device)
+        full_boxes.scatter_(1, slot[..., None].expand(-1, -1, 4), row_box)
+        full_scores.scatter_(1, slot, row_score)
+        full_classes.scatter_(1, slot, row_cls)
+        out_boxes = full_boxes[:, :k].contiguous()
+        out_scores = full_scores[:, :k].contiguous()
+        out_classes = full_classes[:, :k].contiguous()
     if clip_boxes:
-        kept_box = kept_box.clamp(0.0, 1.0)
-    out_boxes[:, :kept_rows] = torch.where(rows[..., None], kept_box, 0.0)
-    out_scores[:, :kept_rows] = torch.where(rows, kept.score[:, :kept_rows], 0.0)
-    out_classes[:, :kept_rows] = torch.where(rows, kept.cls[:, :kept_rows].float(), 0.0)
-    return out_boxes, out_scores, out_classes, kept.num.to(torch.int32)
+        out_boxes = out_boxes.clamp(0.0, 1.0)
+    return out_boxes, out_scores, out_classes, kept.sum(dim=1).to(torch.int32)
