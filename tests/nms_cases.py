@@ -359,6 +359,22 @@ def edge_cases():
     add("signed zeros", _FIVE, signed_zero, 5, 10, 0.5, ties=True)
     equal = np.full((1, 20, 3), 0.5)
     add("all scores equal", _clustered(rng, (1, 20, 1, 4)), equal, 5, 10, ties=True)
+    # Subnormal values: TensorFlow's CPU kernel flushes them to zero (reference.py, rule 6).
+    tiny = np.float32(1e-40)
+    pairs = np.array([[0.8], [0.7]])
+    small = np.array([[[[0, 0, 1e-20, 1e-20]], [[0, 0, 1e-20, 1e-20]]]])  # area 1e-40
+    add("subnormal areas", small, [pairs], 4, 4, 0.5, 0.0, clip=False)
+    add("subnormal widths", [[[[0, 0, tiny, 1]], [[0, 0, tiny, 1]]]], [pairs], 4, 4, 0.5, 0.0)
+    close = np.array([[[[0, 0, 1e-19, 1e-19]], [[0, 0, 1e-19, 2e-19]]]])  # inter 1e-38
+    add("subnormal intersection", close, [pairs], 4, 4, 0.0, clip=False)
+    scales = [[[[0, 0, 1e-18, 1e-18]], [[0, 0, 1e-19, 1e-19]], [[0, 0, 1e30, 1e30]],
+               [[0, 0, 1e-5, 1e-5]]]]  # fmt: skip
+    add("subnormal iou", scales, [[[0.8], [0.7], [0.6], [0.5]]], 4, 4, 0.0, -1.0, clip=False)
+    apart = _FIVE[:, :3]
+    add("subnormal score, threshold 0", apart, [[[0.8], [tiny], [-tiny]]], 4, 4, 0.5, 0.0)
+    add("subnormal scores tie with 0", apart, [[[tiny], [0.0], [2 * tiny]]], 4, 4, 0.5, -1.0)
+    add("subnormal score threshold", apart, [[[0.8], [tiny], [3 * tiny]]], 4, 4, 0.5, tiny)
+    add("subnormal coordinates clipped", [[[[tiny, -tiny, 1, 1]]]], [[[0.9]]], 1, 1, clip=True)
     # Beyond the default block of 1024 candidates of the JAX and PyTorch versions.
     add("block path, nan beside the best score", *_nan_beside_best(64, 32), 3, 20)
     add("continuation, late duplicate", *_continuation_late_duplicate(rng), 64, 300, clip=False)

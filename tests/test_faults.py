@@ -2,7 +2,7 @@
 classes are not the data set's, an unreadable image, an output that cannot be written (a file
 on the way, a read-only folder, a full disk) and a corrupted ``.keras`` file. Each ends with a
 one-line ``keras-retinanet: error: ...`` (exit 2, or 3 for the NaN loss) and leaves no
-half-written file.
+half-written file. So does an annotated image size that is not the file's.
 
 A kill (SIGKILL) during a save or mid-epoch is covered by ``tests/test_checkpoint.py``
 (``test_sigkill_during_a_save_keeps_the_previous_file``,
@@ -325,6 +325,49 @@ def test_skip_unreadable_trains_without_them_and_records_them(broken, tmp_path, 
     assert (output / "model.keras").exists()
 
 
+def _with_recorded_size(shapes, tmp_path, index, width, height):
+    """A copy of the training annotations whose image ``index`` records ``width`` x ``height``;
+    returns the annotation path and the image's ``file_name``."""
+    data = json.loads(open(shapes.train_annotations).read())
+    data["images"][index].update(width=width, height=height)
+    path = tmp_path / "resized.json"
+    path.write_text(json.dumps(data))
+    return path, data["images"][index]["file_name"]
+
+
+def test_a_recorded_size_that_is_not_the_files_stops_before_training(shapes, tmp_path, capsys):
+    # The shapes images are 64 x 64; the entry says 80 x 64, so boxes would be clipped to it.
+    annotations, name = _with_recorded_size(shapes, tmp_path, 2, 80, 64)
+    output = tmp_path / "out"
+    for extra in ([], ["--skip-unreadable"]):
+        with pytest.raises(SystemExit) as exit_:
+            _train_on(annotations, shapes.train_images, output, *extra)
+        assert exit_.value.code == 2
+        _one_line_error(capsys, "--train-annotations", repr(name), "80x64", "is 64x64")
+        assert not output.exists()
+
+
+def test_a_swapped_recorded_size_is_named_an_exif_rotation_mismatch(shapes, tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    shutil.copytree(shapes.train_images, images)
+    data = json.loads(open(shapes.train_annotations).read())
+    name = data["images"][0]["file_name"]
+    # A 64 x 48 file (stored frame) whose EXIF orientation 6 displays it as 48 x 64, recorded
+    # as the stored 64 x 48: annotations made on the unrotated pixels.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(images / name, exif=exif.tobytes())
+    data["images"][0].update(width=64, height=48)
+    annotations = tmp_path / "rotated.json"
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exit_:
+        _train_on(annotations, images, tmp_path / "out")
+    assert exit_.value.code == 2
+    _one_line_error(capsys, repr(name), "64x48", "is 48x64", "EXIF rotation mismatch")
+
+
 # -- outputs that cannot be written -----------------------------------------------------------
 
 
@@ -367,22 +410,43 @@ def test_an_output_through_a_file_is_refused_by_every_command(shapes, trained, t
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.skipif(
-    os.name != "posix" or os.geteuid() == 0,
-    reason="root ignores folder permissions (the path-through-a-file test covers root)",
-)
-def test_a_read_only_output_folder_is_refused(shapes, tmp_path, capsys):
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An empty folder this process cannot write to: without write permission for a normal
+    user; for root (whom permissions do not stop) a read-only tmpfs, or a skip where mounting
+    is not allowed."""
     folder = tmp_path / "read_only"
     folder.mkdir()
-    os.chmod(folder, 0o500)
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o500)
+        try:
+            yield folder
+        finally:
+            os.chmod(folder, 0o700)
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("root ignores folder permissions and mount is not installed")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        pytest.skip(f"root ignores folder permissions and cannot mount: {done.stderr.strip()}")
     try:
-        with pytest.raises(SystemExit) as exit_:
-            _train(shapes, folder / "run")
-        assert exit_.value.code == 2
-        _one_line_error(capsys, "permission denied")
-        assert os.listdir(folder) == []
+        yield folder
     finally:
-        os.chmod(folder, 0o700)
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_read_only_output_folder_is_refused(shapes, read_only_folder, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _train(shapes, read_only_folder / "run")
+    assert exit_.value.code == 2
+    _one_line_error(capsys, "permission denied (or read-only)", repr(str(read_only_folder)))
+    assert os.listdir(read_only_folder) == []
 
 
 @pytest.fixture

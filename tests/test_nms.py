@@ -8,7 +8,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from nms_cases import assert_same_detections, generate_cases
+from nms_cases import assert_same_detections, edge_cases, generate_cases
 
 from keras_retinanet.nms import combined_non_max_suppression_reference as reference
 from keras_retinanet.ops import combined_non_max_suppression
@@ -49,6 +49,49 @@ def test_case_generator_is_seeded_and_large():
 
 
 # --- hand-made edge cases -----------------------------------------------------------------
+
+SUBNORMAL = [c for c in edge_cases() if c.name.startswith("subnormal")]
+
+
+@pytest.mark.parametrize("case", SUBNORMAL, ids=lambda c: c.name.replace(" ", "_"))
+def test_subnormal_values_are_flushed_to_zero_as_tensorflow_does(case):
+    """Rule 6 of the reference (TensorFlow's CPU kernel runs with denormals flushed): on the
+    TensorFlow backend this checks the reference against the native op, elsewhere the
+    backend's version against the reference; returned scores must be the input values,
+    bit for bit."""
+    actual = run(case.boxes, case.scores, **case.kwargs())
+    expected = reference(case.boxes, case.scores, **case.kwargs())
+    assert_same_detections(actual, expected, case=case)
+    np.testing.assert_array_equal(actual[1], expected[1])
+    np.testing.assert_array_equal(actual[0], expected[0])
+
+
+def test_subnormal_edge_cases_decide_what_flushing_decides():
+    """The subnormal cases are only worth running if flushing changes their outcome: without
+    it, every one would keep a different set or order of boxes."""
+    expected_counts = {
+        "subnormal areas": 2,  # area 1e-40 -> 0: neither suppresses the other
+        "subnormal widths": 2,
+        "subnormal intersection": 2,  # inter 1e-38 -> 0: IoU 0, not above 0
+        "subnormal iou": 3,
+        "subnormal score, threshold 0": 1,  # 1e-40 is not above 0
+        "subnormal scores tie with 0": 2,
+        "subnormal score threshold": 1,  # the threshold is 0: 1e-40 and 3e-40 are not above
+        "subnormal coordinates clipped": 1,
+    }
+    assert {c.name for c in SUBNORMAL} == set(expected_counts)
+    for case in SUBNORMAL:
+        boxes, scores, _, valid = reference(case.boxes, case.scores, **case.kwargs())
+        assert int(valid[0]) == expected_counts[case.name], case
+    ties = next(c for c in SUBNORMAL if c.name == "subnormal scores tie with 0")
+    boxes, scores, _, _ = reference(ties.boxes, ties.scores, **ties.kwargs())
+    # Tied with 0, in box order: box 0 (score 1e-40) first, then box 2 (2e-40).
+    np.testing.assert_array_equal(boxes[0, :2], np.clip(ties.boxes[0, [0, 2], 0], 0, 1))
+    np.testing.assert_array_equal(scores[0, :2], ties.scores[0, [0, 2], 0])
+    clipped = next(c for c in SUBNORMAL if c.name == "subnormal coordinates clipped")
+    boxes, _, _, _ = reference(clipped.boxes, clipped.scores, **clipped.kwargs())
+    np.testing.assert_array_equal(boxes[0, 0], [0, 0, 1, 1])
+
 
 BOXES = np.array(
     [[[[0, 0, 1, 1]], [[0, 0.1, 1, 1.1]], [[0, 1, 1, 2]], [[2, 2, 3, 3]], [[0.5, 0.5, 0.5, 1]]]],

@@ -140,11 +140,29 @@ PROGRESS_OVER = 1000
 NAMED_SKIPPED = 5
 
 
+def _size_problem(record, flag):
+    """``None`` unless ``record`` gives a ``width``/``height`` (COCO, VOC) that differs from its
+    file's header in the displayed (EXIF-oriented) frame; then the one-line mismatch."""
+    if record.get("width") is None or record.get("height") is None:
+        return None
+    from keras_retinanet.data.preprocessing import image_size
+    from keras_retinanet.data.verify import size_problem
+
+    try:
+        width, height = image_size(record["path"])
+    except (OSError, ValueError) as e:
+        return f"{flag}: image {record['path']!r} is unreadable ({first_line(e)})"
+    return size_problem(record, width, height, what=flag)
+
+
 def check_images_readable(dataset, flag, skip=False, verbose=1):
-    """``(dataset, skipped)``: checks that every image of ``dataset.records`` opens, before any
-    training. On the first unreadable one exits (status 2) naming it and ``flag``, unless
-    ``skip``: then the returned dataset is a copy without the unreadable records, ``skipped``
-    their paths (a message says how many and which)."""
+    """``(dataset, skipped)``: checks that every image of ``dataset.records`` opens, and that
+    the size its annotations give (COCO ``width``/``height``, VOC ``<size>``) is the file's,
+    before any training. On the first unreadable one exits (status 2) naming it and ``flag``,
+    unless ``skip``: then the returned dataset is a copy without the unreadable records,
+    ``skipped`` their paths (a message says how many and which). A size mismatch always exits
+    (status 2) naming the image and both sizes: boxes clipped to the wrong size are wrong
+    labels, not a missing image, so ``skip`` does not drop them."""
     records = list(dataset.records)
     progress = None
     if verbose and len(records) > PROGRESS_OVER:
@@ -155,6 +173,10 @@ def check_images_readable(dataset, flag, skip=False, verbose=1):
     keep, skipped = [], []
     for i, record in enumerate(records):
         problem = _image_problem(record["path"])
+        if problem is None:
+            mismatch = _size_problem(record, flag)
+            if mismatch is not None:
+                fail(mismatch)
         if problem is not None:
             if not skip:
                 fail(

@@ -74,8 +74,10 @@ def run_training(
     Every image of the training and validation sets is opened before anything is written:
     the first unreadable one exits with status 2 naming it, or with ``skip_unreadable`` the
     unreadable ones are left out, named on stderr and listed in ``run.json``
-    (``"skipped_images"``). A failed write (permissions, a full disk) exits with status 2 and
-    a one-line message; files are replaced atomically, so none is left half-written."""
+    (``"skipped_images"``). A recorded image size (COCO ``width``/``height``, VOC ``<size>``)
+    that differs from the file's exits with status 2 naming the image (docs/numerics.md). A
+    failed write (permissions, a full disk) exits with status 2 and a one-line message; files
+    are replaced atomically, so none is left half-written."""
     created = not os.path.exists(output)
     try:
         return _run_training(

@@ -70,6 +70,16 @@ def _check_record(rec, what):
         return f"{what}: image {name!r}: file not found: {path}"
     except ValueError as e:
         return f"{what}: image {name!r}: unreadable: {e}"
+    return size_problem(rec, width, height, what)
+
+
+def size_problem(rec, width, height, what="data set"):
+    """``None`` when ``rec`` records no size or the size ``width`` x ``height`` of its file (in
+    the displayed, EXIF-oriented frame); otherwise the one-line description of the mismatch,
+    naming ``what``, the image and both sizes, and saying when they are the same size swapped
+    (an EXIF rotation mismatch)."""
+    path = os.fspath(rec.get("path"))
+    name = rec.get("file_name") or path
     expected_w, expected_h = rec.get("width"), rec.get("height")
     if expected_w is None or expected_h is None:
         return None

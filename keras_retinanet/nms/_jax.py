@@ -18,6 +18,11 @@ Algorithm (exact, no ``N x N`` matrix):
   taken, its candidates first checked against the boxes already kept. Nothing is dropped, so
   the result is exactly the sequential greedy one.
 
+Subnormal values follow TensorFlow's flush-to-zero (rule 6 of ``reference.py``) explicitly,
+not by relying on the device's floating-point mode (XLA's CPU runtime flushes, GPUs need not):
+ranked scores, coordinates, sides, areas and intersections are flushed, a threshold of ``0``
+compares against the largest subnormal, and returned scores are gathered from the input.
+
 The box keys are one masked max-reduction over the scores. The mask (``score > threshold``)
 is what keeps NaN scores out: XLA's CPU max-reduction does not reliably propagate a NaN, so a
 plain ``max`` followed by a NaN check can miss one and return a wrong key.
@@ -39,31 +44,53 @@ BLOCK_SIZE = 1024
 _KEPT_CHUNK = 128
 
 
+#: The smallest normal float32, and the largest subnormal: ``x > _SUBNORMAL_MAX`` is
+#: ``flush(x) > 0``.
+_FLT_MIN = float(np.finfo(np.float32).tiny)
+_SUBNORMAL_MAX = float(np.nextafter(np.float32(_FLT_MIN), np.float32(0)))
+
+
 def _canonical(x):
-    """``-0.0`` -> ``+0.0`` so that ordering by bits agrees with ordering by value."""
-    return jnp.where(x == 0, jnp.zeros_like(x), x)
+    """``-0.0`` and subnormals -> ``+0.0``: ordering by bits agrees with ordering by value,
+    and subnormals are zeros as in TensorFlow's flush-to-zero arithmetic."""
+    return jnp.where(jnp.abs(x) < _FLT_MIN, jnp.zeros_like(x), x)
+
+
+def _nonnegative(x):
+    """``x`` with negative, zero and subnormal values -> ``+0.0`` (a flushed ``max(x, 0)``)."""
+    return jnp.where(x > _SUBNORMAL_MAX, x, 0.0)
+
+
+def _compare_threshold(threshold):
+    """``t'`` with ``x > t'`` equal to ``flush(x) > flush(t)``: a zero or subnormal threshold
+    becomes the largest subnormal (traceable)."""
+    threshold = jnp.asarray(threshold, jnp.float32)
+    return jnp.where(jnp.abs(threshold) < _FLT_MIN, jnp.float32(_SUBNORMAL_MAX), threshold)
 
 
 def _normalise(boxes):
-    """``[..., 4]`` corners in any order -> ``[..., 5]`` ``(ymin, xmin, ymax, xmax, area)``.
+    """``[..., 4]`` corners in any order -> ``[..., 5]`` ``(ymin, xmin, ymax, xmax, area)``,
+    subnormal coordinates, sides and areas flushed.
 
-    ``maximum(., 0)`` around products is a no-op on the values; it stops the compiler from
-    contracting a product and a following add into an FMA, which would round differently from
-    TensorFlow's float32 arithmetic.
+    The flush around products also stops the compiler from contracting a product and a
+    following add into an FMA, which would round differently from TensorFlow's float32
+    arithmetic.
     """
+    boxes = _canonical(boxes)
     y_min = jnp.minimum(boxes[..., 0], boxes[..., 2])
     x_min = jnp.minimum(boxes[..., 1], boxes[..., 3])
     y_max = jnp.maximum(boxes[..., 0], boxes[..., 2])
     x_max = jnp.maximum(boxes[..., 1], boxes[..., 3])
-    area = jnp.maximum((y_max - y_min) * (x_max - x_min), 0.0)
+    area = _nonnegative(_nonnegative(y_max - y_min) * _nonnegative(x_max - x_min))
     return jnp.stack([y_min, x_min, y_max, x_max, area], axis=-1)
 
 
 def _suppresses(a, b, iou_threshold):
-    """``IoU(a, b) > iou_threshold`` for broadcastable ``[..., 5]`` normalised boxes."""
-    inter_h = jnp.maximum(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0)
-    inter_w = jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0)
-    inter = jnp.maximum(inter_h * inter_w, 0.0)
+    """``IoU(a, b) > iou_threshold`` for broadcastable ``[..., 5]`` normalised boxes
+    (``iou_threshold`` from :func:`_compare_threshold`: a subnormal IoU never exceeds it)."""
+    inter_h = _nonnegative(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]))
+    inter_w = _nonnegative(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]))
+    inter = _nonnegative(inter_h * inter_w)
     area_a, area_b = a[..., 4], b[..., 4]
     union = area_a + area_b - inter
     positive = (area_a > 0) & (area_b > 0)
@@ -176,11 +203,13 @@ def _suppressed_by_kept(state, cand_norm, cand_class, iou_threshold, chunk):
     return lax.while_loop(lambda carry: carry[0] < state["num_kept"], body, init)[1]
 
 
-def _greedy(boxes, state, values, flat, valid, per_class, k, iou_threshold, *, first):
+def _greedy(boxes, scores, state, values, flat, valid, per_class, k, iou_threshold, *, first):
     """Visits one block of candidates of one image, keeping boxes until ``k`` are kept.
 
     Args:
-        boxes: ``[N, q, 4]``. values, flat, valid: ``[m]`` block from :func:`_select_block`.
+        boxes: ``[N, q, 4]``. scores: ``[N, C]`` (the returned scores are read from it:
+            ``values`` are flushed). values, flat, valid: ``[m]`` block from
+            :func:`_select_block`.
         k: ``[]`` int32, the number of boxes to keep.
         first: static, ``True`` when nothing can have been kept before this block.
     """
@@ -189,6 +218,7 @@ def _greedy(boxes, state, values, flat, valid, per_class, k, iou_threshold, *, f
     cand_class = flat % num_classes
     cand_box = boxes[flat // num_classes, cand_class if q > 1 else 0]  # [m, 4]
     cand_norm = _normalise(cand_box)
+    cand_score = scores.reshape(-1)[flat]
     alive = valid
     if not first:
         alive = alive & (state["counts"][cand_class] < per_class)
@@ -207,7 +237,7 @@ def _greedy(boxes, state, values, flat, valid, per_class, k, iou_threshold, *, f
         slot = st["num_kept"]
         st["kept_box"] = st["kept_box"].at[slot].set(cand_box[i])
         st["kept_norm"] = st["kept_norm"].at[slot].set(cand_norm[i])
-        st["kept_score"] = st["kept_score"].at[slot].set(values[i])
+        st["kept_score"] = st["kept_score"].at[slot].set(cand_score[i])
         st["kept_class"] = st["kept_class"].at[slot].set(cls)
         st["counts"] = st["counts"].at[cls].add(1)
         st["num_kept"] = slot + 1
@@ -245,39 +275,47 @@ def _combined_nms(
     state = _initial_state(num_classes, k_cap)
     state = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), state)
     shared = (None, None, None)  # per_class, k, iou_threshold
-    args = (per_class, k, iou_threshold)
+    score_threshold = _compare_threshold(score_threshold)
+    args = (per_class, k, _compare_threshold(iou_threshold))
 
     if block >= num_boxes * num_classes:
         # Every candidate fits in one block: no boundary, no continuation.
         values, flat, valid = jax.vmap(_select_all, in_axes=(0, None))(scores, score_threshold)
-        greedy = jax.vmap(functools.partial(_greedy, first=True), in_axes=(0, 0, 0, 0, 0, *shared))
-        state = greedy(boxes, state, values, flat, valid, *args)
+        greedy = jax.vmap(
+            functools.partial(_greedy, first=True), in_axes=(0, 0, 0, 0, 0, 0, *shared)
+        )
+        state = greedy(boxes, scores, state, values, flat, valid, *args)
     else:
         select = jax.vmap(_select_block, in_axes=(0, 0, 0, None, None, None, None))
-        step = jax.vmap(functools.partial(_greedy, first=False), in_axes=(0, 0, 0, 0, 0, *shared))
+        step = jax.vmap(
+            functools.partial(_greedy, first=False), in_axes=(0, 0, 0, 0, 0, 0, *shared)
+        )
         next_keys = jax.vmap(_next_keys, in_axes=(0, 0, None, None))
 
-        first = jax.vmap(functools.partial(_greedy, first=True), in_axes=(0, 0, 0, 0, 0, *shared))
+        first = jax.vmap(
+            functools.partial(_greedy, first=True), in_axes=(0, 0, 0, 0, 0, 0, *shared)
+        )
 
         def round_body(state):
             keys = next_keys(scores, state, per_class, score_threshold)
             values, flat, valid = select(
                 scores, keys, state, per_class, score_threshold, block, True
             )
-            return step(boxes, state, values, flat, valid, *args)
+            return step(boxes, scores, state, values, flat, valid, *args)
 
         def continuation(state):
             return lax.while_loop(lambda st: jnp.any(st["more"]), round_body, state)
 
         keys = jax.vmap(_box_keys, in_axes=(0, None))(scores, score_threshold)
         values, flat, valid = select(scores, keys, state, per_class, score_threshold, block, False)
-        state = first(boxes, state, values, flat, valid, *args)
+        state = first(boxes, scores, state, values, flat, valid, *args)
         # The loop (and its full passes over the scores) only runs when a block ran out.
         state = lax.cond(jnp.any(state["more"]), continuation, lambda st: st, state)
 
     num_kept = state["num_kept"]
     row_valid = jnp.arange(k_cap)[None, :] < num_kept[:, None]
-    kept_box = jnp.where(clip_boxes, jnp.clip(state["kept_box"], 0.0, 1.0), state["kept_box"])
+    clipped = jnp.clip(_canonical(state["kept_box"]), 0.0, 1.0)
+    kept_box = jnp.where(clip_boxes, clipped, state["kept_box"])
     return (
         jnp.where(row_valid[..., None], kept_box, 0.0),
         jnp.where(row_valid, state["kept_score"], 0.0),

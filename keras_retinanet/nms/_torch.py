@@ -26,6 +26,11 @@ Typical detector outputs (``K = 100``, a few thousand candidates) need one or tw
 tensor's shape follows from the static shapes and these reads, never from other values; no
 boolean-mask indexing, no ``nonzero``, no per-call device constants (scalars are Python numbers).
 
+Subnormal values follow TensorFlow's flush-to-zero (rule 6 of ``reference.py``) without a
+pass over the scores: a threshold of ``0`` compares against the largest subnormal instead, the
+few values that are ranked are flushed, and so are coordinates, sides, areas and
+intersections; returned scores are gathered from the input.
+
 Exactness: IoU is computed with the operations of ``reference.py`` in the same order, each an
 eager float32 kernel, so ``area_i + area_j - inter`` is never contracted into a fused
 multiply-add with ``inter = h * w``. This holds in eager mode only: ``torch.compile`` (inductor)
@@ -42,6 +47,10 @@ BLOCK_SIZE = 1024
 #: Most host synchronisations of one call.
 HOST_SYNCS = 3
 _NEG_INF = float("-inf")
+#: The smallest normal float32, and the largest subnormal: ``x > _SUBNORMAL_MAX`` is
+#: ``flush(x) > 0``.
+_FLT_MIN = float(np.finfo(np.float32).tiny)
+_SUBNORMAL_MAX = float(np.nextafter(np.float32(_FLT_MIN), np.float32(0)))
 
 
 def _host_read(tensor):
@@ -49,9 +58,18 @@ def _host_read(tensor):
     return tensor.tolist()
 
 
-def _canonical(x):
-    """``-0.0`` -> ``+0.0`` so that ordering by bits agrees with ordering by value."""
-    return torch.where(x == 0, 0.0, x)
+def _flush(x):
+    """``-0.0`` and subnormals -> ``+0.0`` (NaN, infinities and normals unchanged): ordering
+    by bits agrees with ordering by value, and subnormals are zeros as in TensorFlow's
+    flush-to-zero arithmetic."""
+    return torch.where(x.abs() < _FLT_MIN, 0.0, x)
+
+
+def _compare_threshold(threshold):
+    """float32 threshold ``t`` -> ``t'`` with ``x > t'`` equal to ``flush(x) > flush(t)`` for
+    every float32 ``x``: a zero or subnormal ``t`` becomes the largest subnormal."""
+    threshold = float(np.float32(threshold))
+    return _SUBNORMAL_MAX if abs(threshold) < _FLT_MIN else threshold
 
 
 def _topk_stable(values, k):
@@ -77,9 +95,9 @@ def _box_keys(scores, score_threshold, exact):
     Not ``exact``: one ``amax`` pass, and a box with a NaN score gets NaN (check first).
     """
     if exact:
-        return _canonical(torch.where(scores > score_threshold, scores, _NEG_INF).amax(dim=-1))
+        return _flush(torch.where(scores > score_threshold, scores, _NEG_INF).amax(dim=-1))
     raw = scores.amax(dim=-1)
-    return _canonical(torch.where(raw > score_threshold, raw, _NEG_INF)).where(raw == raw, raw)
+    return _flush(torch.where(raw > score_threshold, raw, _NEG_INF)).where(raw == raw, raw)
 
 
 def _top_boxes(scores, keys, count):
@@ -108,7 +126,7 @@ def _first(masked, box_idx, num_classes, count):
     Returns:
         ``values [B, count]`` (canonical, ``-inf`` past the candidates), ``flat [B, count]``.
     """
-    values, position = _topk_stable(_canonical(masked), count)
+    values, position = _topk_stable(_flush(masked), count)
     return values, _flat(position, box_idx, num_classes)
 
 
@@ -117,7 +135,7 @@ def _all(masked, box_idx, num_classes, count):
     them all (in any order, with ``-inf`` fill), then only they are ordered."""
     _, position = torch.topk(masked, count, dim=-1, sorted=False)
     position, _ = torch.sort(position, dim=-1)  # ascending: equal scores rank by flat index
-    values, order = _topk_stable(_canonical(masked.gather(1, position)), count)
+    values, order = _topk_stable(_flush(masked.gather(1, position)), count)
     return values, _flat(position.gather(1, order), box_idx, num_classes)
 
 
@@ -131,9 +149,14 @@ def _flat(position, box_idx, num_classes):
 class _Candidates:
     """Candidates ``[B, m]`` in visiting order, with what greedy NMS needs of them."""
 
-    def __init__(self, boxes, values, flat, num_classes):
+    def __init__(self, boxes, values, flat, num_classes, raw_scores=None):
         batch, num_boxes, q, _ = boxes.shape
         self.values = values
+        # Returned scores: the input values (``values`` are flushed) where subnormal
+        # candidates are possible, i.e. ``raw_scores`` ``[B, N, C]`` is given.
+        self.scores = (
+            values if raw_scores is None else raw_scores.reshape(batch, -1).gather(1, flat)
+        )
         self.valid = values > _NEG_INF
         self.cls = flat % num_classes
         self.cls32 = self.cls.to(torch.int32)
@@ -141,12 +164,14 @@ class _Candidates:
         self.box = boxes.reshape(batch, num_boxes * q, 4).gather(
             1, row[..., None].expand(-1, -1, 4)
         )
-        b = self.box
+        b = _flush(self.box)
         self.y_min = torch.minimum(b[..., 0], b[..., 2])
         self.x_min = torch.minimum(b[..., 1], b[..., 3])
         self.y_max = torch.maximum(b[..., 0], b[..., 2])
         self.x_max = torch.maximum(b[..., 1], b[..., 3])
-        area = (self.y_max - self.y_min) * (self.x_max - self.x_min)
+        flat_height = torch.threshold(self.y_max - self.y_min, _SUBNORMAL_MAX, 0.0)
+        flat_width = torch.threshold(self.x_max - self.x_min, _SUBNORMAL_MAX, 0.0)
+        area = torch.threshold(flat_height * flat_width, _SUBNORMAL_MAX, 0.0)
         # NaN area: every IoU with the box is NaN and never above the threshold, which is the
         # reference's "IoU = 0 when either area is <= 0" for thresholds in [0, 1].
         self.area = torch.where(area > 0, area, float("nan"))
@@ -159,13 +184,19 @@ class _Candidates:
     def suppressed_by(self, one, iou_threshold, out=None):
         """``[B, m]``: ``IoU(one, candidate) > iou_threshold`` for ``one [B, 1, 5]``, with the
         float32 operations of ``reference._iou_one_to_many`` in the same order, each its own
-        eager kernel (no fused multiply-add). ``out``: work buffers from :meth:`buffers`."""
+        eager kernel (no fused multiply-add), negative or subnormal sides and intersections
+        taken as 0 (``iou_threshold`` from :func:`_compare_threshold`, so a subnormal IoU never
+        exceeds it). ``out``: work buffers from :meth:`buffers`."""
         inter, inter_w, union, result = self.buffers() if out is None else out
         torch.minimum(one[..., 2], self.y_max, out=inter)
-        inter.sub_(torch.maximum(one[..., 0], self.y_min, out=union)).clamp_min_(0.0)
+        torch.threshold_(
+            inter.sub_(torch.maximum(one[..., 0], self.y_min, out=union)), _SUBNORMAL_MAX, 0.0
+        )
         torch.minimum(one[..., 3], self.x_max, out=inter_w)
-        inter_w.sub_(torch.maximum(one[..., 1], self.x_min, out=union)).clamp_min_(0.0)
-        inter.mul_(inter_w)
+        torch.threshold_(
+            inter_w.sub_(torch.maximum(one[..., 1], self.x_min, out=union)), _SUBNORMAL_MAX, 0.0
+        )
+        torch.threshold_(inter.mul_(inter_w), _SUBNORMAL_MAX, 0.0)
         torch.add(one[..., 4], self.area, out=union).sub_(inter)  # (area_i + area_j) - inter
         return torch.gt(inter.div_(union), iou_threshold, out=result)
 
@@ -217,7 +248,7 @@ def _greedy(cand, alive, steps, iou_threshold, counts, per_class, num=None, k=No
 def _gather_rows(cand, index):
     """Boxes ``[B, t, 4]``, scores and classes ``[B, t]`` of the candidates at ``index``."""
     box = cand.box.gather(1, index[..., None].expand(-1, -1, 4))
-    return box, cand.values.gather(1, index), cand.cls.gather(1, index)
+    return box, cand.scores.gather(1, index), cand.cls.gather(1, index)
 
 
 def _after(values, flat, prev_score, prev_index):
@@ -299,9 +330,12 @@ def run(
     block = int(BLOCK_SIZE if block_size is None else block_size)
     if block <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    # Thresholds are float32 in TensorFlow: compare against the float32 value.
-    iou_threshold = float(np.float32(iou_threshold))
-    score_threshold = float(np.float32(score_threshold))
+    # Thresholds are float32 in TensorFlow: compare against the float32 value, flushed.
+    iou_threshold = _compare_threshold(iou_threshold)
+    # Below zero, zeros and subnormals are candidates: their returned scores are read back
+    # from ``scores`` (the ranked values are flushed).
+    raw = scores if float(np.float32(score_threshold)) < 0 else None
+    score_threshold = _compare_threshold(score_threshold)
     batch, num_boxes, _, _ = boxes.shape
     num_classes = scores.shape[2]
     k = output_size(per_class, total, num_classes, pad_per_class)
@@ -337,7 +371,7 @@ def run(
     # Phase A: the first ``size`` candidates of every image.
     masked = torch.where(is_candidate, gathered, _NEG_INF).reshape(batch, -1)
     values, flat = (_first if more else _all)(masked, box_idx, num_classes, size)
-    cand = _Candidates(boxes, values, flat, num_classes)
+    cand = _Candidates(boxes, values, flat, num_classes, raw)
     steps = min(k, size, per_class * num_classes)
     counts = torch.zeros((batch, num_classes), dtype=torch.int64, device=device)
     alive = cand.valid.to(torch.uint8)
@@ -365,7 +399,7 @@ def run(
             gathered, box_idx = _top_boxes(scores, keys, size_b)
             masked = torch.where(gathered > score_threshold, gathered, _NEG_INF)
             values_b, flat_b = _first(masked.reshape(batch, -1), box_idx, num_classes, size_b)
-            cand_b = _Candidates(boxes, values_b, flat_b, num_classes)
+            cand_b = _Candidates(boxes, values_b, flat_b, num_classes, raw)
             position = torch.arange(size_b, device=device)
             alive_b = cand_b.valid & (position >= size) & open_class.gather(1, cand_b.cls)
             for t in range(steps):  # phase A's kept boxes suppress first
@@ -407,5 +441,5 @@ def run(
         out_scores = full_scores[:, :k].contiguous()
         out_classes = full_classes[:, :k].contiguous()
     if clip_boxes:
-        out_boxes = out_boxes.clamp(0.0, 1.0)
+        out_boxes = _flush(out_boxes).clamp_(0.0, 1.0)
     return out_boxes, out_scores, out_classes, kept.sum(dim=1).to(torch.int32)

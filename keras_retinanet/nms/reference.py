@@ -15,6 +15,15 @@ follows ``tf.image.combined_non_max_suppression``:
    num_classes)`` with ``pad_per_class``). Rows past ``valid_detections`` are zero.
 5. ``clip_boxes`` clamps the returned coordinates to ``[0, 1]``.
 
+6. Subnormal float32 values (nonzero, of magnitude below ``2**-126``) are treated as
+   TensorFlow's CPU kernel treats them, which runs with denormals flushed to zero (DAZ/FTZ):
+   every comparison and every arithmetic result above uses them as ``0``. A subnormal score
+   is no candidate for a threshold of ``0`` (or a subnormal one) and ties with ``0`` in the
+   order; a subnormal height, width, area or intersection is ``0`` (so two boxes whose area
+   is subnormal never suppress each other); an IoU below ``2**-126`` never exceeds a
+   threshold. Returned scores and unclipped coordinates are the input values, unchanged;
+   clipped coordinates are clipped after the flush.
+
 TensorFlow breaks equal scores in an unspecified order. This reference uses a fixed order: per
 class, equal scores are visited in ascending box index; in the merge, equal scores are ordered
 by box index, then class index.
@@ -24,24 +33,38 @@ import numpy as np
 
 from keras_retinanet.nms._validation import output_size, validate_arguments
 
+#: The smallest normal float32; nonzero values of smaller magnitude are subnormal.
+FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+
+
+def flush(x):
+    """Subnormal float32 values -> ``+0.0`` (rule 6); NaN, infinities and normals unchanged."""
+    x = np.asarray(x, np.float32)
+    return np.where(np.abs(x) < FLT_MIN, np.float32(0.0), x)
+
 
 def _normalise(boxes):
-    """``[M, 4]`` boxes (any corner order) -> ``(ymin, xmin, ymax, xmax, area)``, float32."""
+    """``[M, 4]`` boxes (any corner order) -> ``(ymin, xmin, ymax, xmax, area)``, float32,
+    with subnormal inputs and results flushed (rule 6)."""
+    boxes = flush(boxes)
     y_min = np.minimum(boxes[:, 0], boxes[:, 2])
     x_min = np.minimum(boxes[:, 1], boxes[:, 3])
     y_max = np.maximum(boxes[:, 0], boxes[:, 2])
     x_max = np.maximum(boxes[:, 1], boxes[:, 3])
-    return y_min, x_min, y_max, x_max, (y_max - y_min) * (x_max - x_min)
+    with np.errstate(over="ignore"):
+        area = flush(flush(y_max - y_min) * flush(x_max - x_min))
+    return y_min, x_min, y_max, x_max, area
 
 
 def _iou_one_to_many(norm, i, others):
-    """float32 IoU of box ``i`` with the boxes ``others`` (indices into ``norm``)."""
+    """float32 IoU of box ``i`` with the boxes ``others`` (indices into ``norm``), every
+    result flushed (rule 6)."""
     y_min, x_min, y_max, x_max, area = norm
-    inter_h = np.minimum(y_max[i], y_max[others]) - np.maximum(y_min[i], y_min[others])
-    inter_w = np.minimum(x_max[i], x_max[others]) - np.maximum(x_min[i], x_min[others])
-    inter = np.maximum(inter_h, 0) * np.maximum(inter_w, 0)
+    inter_h = flush(np.minimum(y_max[i], y_max[others]) - np.maximum(y_min[i], y_min[others]))
+    inter_w = flush(np.minimum(x_max[i], x_max[others]) - np.maximum(x_min[i], x_min[others]))
+    inter = flush(np.maximum(inter_h, 0) * np.maximum(inter_w, 0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area[i] + area[others] - inter)
+        iou = flush(inter / flush(flush(area[i] + area[others]) - inter))
     both_positive = (area[i] > 0) & (area[others] > 0)
     return np.where(both_positive, iou, np.float32(0.0))
 
@@ -56,7 +79,8 @@ def _nms_one_class(boxes, scores, max_output, iou_threshold, score_threshold):
     Returns:
         Indices of the kept boxes, in the order they were kept (descending score).
     """
-    candidates = np.flatnonzero(scores > score_threshold)
+    scores = flush(scores)
+    candidates = np.flatnonzero(scores > flush(score_threshold))
     order = candidates[np.argsort(-scores[candidates], kind="stable")]
     norm = _normalise(boxes[order])
     alive = np.ones(len(order), dtype=bool)
@@ -132,7 +156,7 @@ def run(
     ``validate_arguments`` (sizes as ``int``, thresholds as ``float`` or traced)."""
     boxes = np.asarray(boxes, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float32)
-    iou_threshold = np.float32(iou_threshold)
+    iou_threshold = flush(iou_threshold)
     score_threshold = np.float32(score_threshold)
     batch, _, q, _ = boxes.shape
     num_classes = scores.shape[2]
@@ -150,7 +174,7 @@ def run(
                 class_boxes, scores[b, :, c], per_class, iou_threshold, score_threshold
             ):
                 kept.append((scores[b, n, c], n, c))
-        kept.sort(key=lambda item: (-item[0], item[1], item[2]))
+        kept.sort(key=lambda item: (-flush(item[0]), item[1], item[2]))
         kept = kept[:k]
         valid[b] = len(kept)
         for row, (score, n, c) in enumerate(kept):
@@ -158,5 +182,5 @@ def run(
             nmsed_scores[b, row] = score
             nmsed_classes[b, row] = c
     if clip_boxes:
-        nmsed_boxes = np.clip(nmsed_boxes, np.float32(0.0), np.float32(1.0))
+        nmsed_boxes = np.clip(flush(nmsed_boxes), np.float32(0.0), np.float32(1.0))
     return nmsed_boxes, nmsed_scores, nmsed_classes, valid
