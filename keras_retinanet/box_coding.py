@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_retinanet.boxes import center_to_corners, corners_to_center
+from keras_retinanet.device_constants import DeviceConstants
 
 #: Box-regression variance of the keras.io example (1 / (10, 10, 5, 5) in Detectron terms).
 DEFAULT_BOX_VARIANCE = (0.1, 0.1, 0.2, 0.2)
@@ -42,6 +43,7 @@ class BoxCoder:
         if len(variance) != 4 or not all(math.isfinite(v) and v > 0 for v in variance):
             raise ValueError(f"variance must be 4 positive finite numbers, got {variance!r}")
         self.variance = variance
+        self._constants = DeviceConstants(max_entries=4)  # the variance tensor per device
         if max_log_scale is not None:
             try:
                 max_log_scale = float(max_log_scale)
@@ -80,7 +82,7 @@ class BoxCoder:
             ],
             axis=-1,
         )
-        return deltas / ops.convert_to_tensor(self.variance, dtype="float32")
+        return deltas / self._variance(deltas)
 
     def decode(self, deltas, anchors):
         """Boxes predicted by ``deltas`` on ``anchors``.
@@ -102,7 +104,7 @@ class BoxCoder:
         anchors = ops.convert_to_tensor(anchors, dtype="float32")
         _check_last_axis(deltas, "deltas", "(dx, dy, dw, dh)")
         _check_last_axis(anchors, "anchors", "[cx, cy, w, h]")
-        deltas = deltas * ops.convert_to_tensor(self.variance, dtype="float32")
+        deltas = deltas * self._variance(deltas)
         log_scale = deltas[..., 2:]
         if self.max_log_scale is not None:
             log_scale = ops.minimum(log_scale, self.max_log_scale)
@@ -114,6 +116,12 @@ class BoxCoder:
             axis=-1,
         )
         return center_to_corners(centers)
+
+    def _variance(self, like):
+        """``[4]`` float32 variance tensor, made once per device for eager calls."""
+        return self._constants.get(
+            "variance", like, lambda: ops.convert_to_tensor(self.variance, dtype="float32")
+        )
 
     def get_config(self):
         return {"variance": list(self.variance), "max_log_scale": self.max_log_scale}

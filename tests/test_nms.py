@@ -404,3 +404,17 @@ def test_torch_cuda():
     )
     assert all(x.device.type == "cuda" for x in out)
     assert_same_detections([x.cpu().numpy() for x in out], expected)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch autograd")
+def test_torch_accepts_inputs_that_require_grad():
+    """A detector called outside ``torch.no_grad()`` hands NMS boxes that require grad; NMS
+    is not differentiable (as TensorFlow's op) and must not fail on them."""
+    import torch
+
+    boxes = torch.tensor(BOXES, requires_grad=True)
+    scores = torch.tensor(scores_for([0.9, 0.8, 0.7, 0.6, 0.5]), requires_grad=True)
+    out = combined_non_max_suppression(boxes * 1.0, scores * 1.0, 10, 10)
+    expected = reference(BOXES, scores_for([0.9, 0.8, 0.7, 0.6, 0.5]), 10, 10)
+    assert not any(x.requires_grad for x in out)
+    assert_same_detections([x.numpy() for x in out], expected)

@@ -9,6 +9,7 @@ the matching private module lazily, so the package imports with any one backend 
 import importlib
 
 import keras
+import numpy as np
 
 _MODULES = {"tensorflow": "_tensorflow", "jax": "_jax", "torch": "_torch"}
 
@@ -33,3 +34,12 @@ def variable_device_kinds(variables):
         value = getattr(variable, "value", variable)
         kinds |= {"cpu"} if module is None else set(module.device_kinds(value))
     return kinds
+
+
+def device_key(x):
+    """A hashable name of the device(s) holding the concrete tensor ``x`` (``"host"`` for
+    NumPy data), for caches of per-device constants."""
+    module = _backend_module()
+    if module is None or isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
+        return "host"
+    return module.device_key(x)

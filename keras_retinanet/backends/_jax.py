@@ -13,3 +13,8 @@ def device_kinds(value):
     if isinstance(value, jax.core.Tracer):
         return {jax.default_backend()}
     return {device.platform for device in value.devices()}
+
+
+def device_key(x):
+    """The sorted names of the devices holding ``x`` (one, or a sharding's devices)."""
+    return tuple(sorted(str(device) for device in x.devices()))

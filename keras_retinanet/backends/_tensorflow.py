@@ -14,3 +14,8 @@ def device_kinds(value):
     values = getattr(value, "values", None)
     devices = [v.device for v in values] if values is not None else [value.device]
     return {tf.DeviceSpec.from_string(d).device_type.lower() if d else "cpu" for d in devices}
+
+
+def device_key(x):
+    """The tensor's device string (``/job:localhost/replica:0/task:0/device:CPU:0``)."""
+    return x.device

@@ -13,3 +13,8 @@ def is_concrete_tensor(x):
 def device_kinds(value):
     """``{"cpu"}``, ``{"cuda"}``, ... from the tensor's device."""
     return {value.device.type}
+
+
+def device_key(x):
+    """``"cuda:0"``, ``"cpu"``, ..."""
+    return str(x.device)

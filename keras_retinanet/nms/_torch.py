@@ -311,6 +311,7 @@ def combined_non_max_suppression(
     )
 
 
+@torch.no_grad()
 def run(
     boxes,
     scores,
@@ -324,7 +325,11 @@ def run(
     block_size=None,
 ):
     """:func:`combined_non_max_suppression` on arguments already checked by
-    ``validate_arguments`` (sizes as ``int``, thresholds as ``float`` or traced)."""
+    ``validate_arguments`` (sizes as ``int``, thresholds as ``float`` or traced).
+
+    Not differentiable, as TensorFlow's op: it runs under ``torch.no_grad()`` (its work
+    buffers are written in place), so inputs that require grad are accepted and the outputs
+    do not require grad."""
     boxes = torch.as_tensor(boxes, dtype=torch.float32)
     scores = torch.as_tensor(scores, dtype=torch.float32, device=boxes.device)
     block = int(BLOCK_SIZE if block_size is None else block_size)
