@@ -418,3 +418,45 @@ def test_torch_accepts_inputs_that_require_grad():
     expected = reference(BOXES, scores_for([0.9, 0.8, 0.7, 0.6, 0.5]), 10, 10)
     assert not any(x.requires_grad for x in out)
     assert_same_detections([x.numpy() for x in out], expected)
+
+
+@pytest.fixture
+def fixed_trip_counts():
+    from keras_retinanet.nms import _jax
+
+    previous = _jax.FIXED_TRIP_COUNTS
+    _jax.FIXED_TRIP_COUNTS = True
+    try:
+        yield _jax
+    finally:
+        _jax.FIXED_TRIP_COUNTS = previous
+
+
+@jax_only
+def test_jax_fixed_trip_count_loops_give_the_same_detections(fixed_trip_counts):
+    """The accelerator form of the JAX loops (fixed trip counts, masked steps), run here on the
+    CPU: every hand-made case (continuations included) and a sample of the generated ones."""
+    cases = [c for c in edge_cases() if not c.ties] + ALL_CASES[::97]
+    for case in cases:
+        expected = reference(case.boxes, case.scores, **case.kwargs())
+        assert_same_detections(run(case.boxes, case.scores, **case.kwargs()), expected, case=case)
+
+
+@jax_only
+def test_jax_fixed_trip_counts_leave_no_data_dependent_loop_in_one_block(fixed_trip_counts):
+    """With every candidate in one block, the traced program has no ``while`` (a ``scan``
+    only), so XLA:GPU has no loop condition to read back; the CPU form has one."""
+    import jax
+
+    boxes = np.random.default_rng(0).uniform(0, 1, (2, 50, 1, 4)).astype(np.float32)
+    scores = np.random.default_rng(1).uniform(0, 1, (2, 50, 3)).astype(np.float32)
+
+    def primitives(fixed):
+        fixed_trip_counts.FIXED_TRIP_COUNTS = fixed
+        jaxpr = jax.make_jaxpr(
+            lambda b, s: fixed_trip_counts.combined_non_max_suppression(b, s, 10, 20)
+        )(boxes, scores)
+        return str(jaxpr)
+
+    assert " while[" not in primitives(True) and "scan[" in primitives(True)
+    assert " while[" in primitives(False)

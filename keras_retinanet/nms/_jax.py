@@ -17,6 +17,11 @@ Algorithm (exact, no ``N x N`` matrix):
 * If a block runs out before ``K`` boxes are kept and more candidates remain, the next block is
   taken, its candidates first checked against the boxes already kept. Nothing is dropped, so
   the result is exactly the sequential greedy one.
+* Off the CPU (:data:`FIXED_TRIP_COUNTS`) the loops within a block have trip counts fixed at
+  trace time (``min(k_cap, block_size)`` steps, each masked once nothing is left to keep), so
+  XLA:GPU reads no loop condition back to the host. Only the continuation into further blocks
+  (rare: a block of 1024 candidates ran out before ``K`` boxes were kept) stays a
+  ``while_loop``, one condition read per extra block.
 
 Subnormal values follow TensorFlow's flush-to-zero (rule 6 of ``reference.py``) explicitly,
 not by relying on the device's floating-point mode (XLA's CPU runtime flushes, GPUs need not):
@@ -42,6 +47,18 @@ from keras_retinanet.nms._validation import output_size, validate_arguments
 BLOCK_SIZE = 1024
 #: Kept boxes compared at once with a new block.
 _KEPT_CHUNK = 128
+#: Loops with a trip count fixed at trace time instead of ones that stop on a data-dependent
+#: condition. XLA:GPU reads a ``while_loop``'s condition back to the host on every iteration
+#: (one stall per kept box); a loop of known trip count runs without reading anything. On the
+#: CPU the condition costs nothing and stopping early is faster, so ``None`` (automatic) uses
+#: fixed trip counts on every platform but the CPU. Tests set ``True`` to check them here.
+FIXED_TRIP_COUNTS = None
+
+
+def _fixed_trip_counts():
+    if FIXED_TRIP_COUNTS is not None:
+        return bool(FIXED_TRIP_COUNTS)
+    return jax.default_backend() != "cpu"
 
 
 #: The smallest normal float32, and the largest subnormal: ``x > _SUBNORMAL_MAX`` is
@@ -182,7 +199,7 @@ def _next_keys(scores, state, per_class, score_threshold):
     return _box_keys(scores, score_threshold, after & (state["counts"] < per_class)[None, :])
 
 
-def _suppressed_by_kept(state, cand_norm, cand_class, iou_threshold, chunk):
+def _suppressed_by_kept(state, cand_norm, cand_class, iou_threshold, chunk, fixed):
     """``[m]`` bool: IoU above the threshold with an already kept box of the same class."""
 
     rows = state["kept_score"].shape[0]
@@ -200,10 +217,14 @@ def _suppressed_by_kept(state, cand_norm, cand_class, iou_threshold, chunk):
         return start + chunk, hit | jnp.any(pair, axis=0)
 
     init = (jnp.int32(0), jnp.zeros(cand_class.shape, bool))
+    if fixed:  # every chunk of the buffer; rows past num_kept are masked
+        return lax.fori_loop(0, -(-rows // chunk), lambda _, carry: body(carry), init)[1]
     return lax.while_loop(lambda carry: carry[0] < state["num_kept"], body, init)[1]
 
 
-def _greedy(boxes, scores, state, values, flat, valid, per_class, k, iou_threshold, *, first):
+def _greedy(
+    boxes, scores, state, values, flat, valid, per_class, k, iou_threshold, *, first, fixed
+):
     """Visits one block of candidates of one image, keeping boxes until ``k`` are kept.
 
     Args:
@@ -212,6 +233,7 @@ def _greedy(boxes, scores, state, values, flat, valid, per_class, k, iou_thresho
             :func:`_select_block`.
         k: ``[]`` int32, the number of boxes to keep.
         first: static, ``True`` when nothing can have been kept before this block.
+        fixed: static, loops of fixed trip count (see :data:`FIXED_TRIP_COUNTS`).
     """
     num_classes = state["counts"].shape[0]
     q = boxes.shape[1]
@@ -223,7 +245,9 @@ def _greedy(boxes, scores, state, values, flat, valid, per_class, k, iou_thresho
     if not first:
         alive = alive & (state["counts"][cand_class] < per_class)
         chunk = min(_KEPT_CHUNK, state["kept_score"].shape[0])
-        alive = alive & ~_suppressed_by_kept(state, cand_norm, cand_class, iou_threshold, chunk)
+        alive = alive & ~_suppressed_by_kept(
+            state, cand_norm, cand_class, iou_threshold, chunk, fixed
+        )
 
     def cond(carry):
         st, alive = carry
@@ -245,7 +269,20 @@ def _greedy(boxes, scores, state, values, flat, valid, per_class, k, iou_thresho
         drop = (cand_class == cls) & (closed | _suppresses(cand_norm[i], cand_norm, iou_threshold))
         return st, (alive & ~drop).at[i].set(False)
 
-    state, _ = lax.while_loop(cond, body, (state, alive))
+    if fixed:
+        # At most min(k_cap, m) boxes can be kept from this block: that many steps, each a
+        # no-op (every update masked) once the block is exhausted or k boxes are kept.
+        def masked_body(_, carry):
+            st, alive = carry
+            active = cond(carry)
+            new_st, new_alive = body(carry)
+            keep = functools.partial(jnp.where, active)
+            return jax.tree.map(keep, new_st, st), keep(new_alive, alive)
+
+        steps = min(state["kept_score"].shape[0], values.shape[0])
+        state, _ = lax.fori_loop(0, steps, masked_body, (state, alive))
+    else:
+        state, _ = lax.while_loop(cond, body, (state, alive))
     state = dict(state)
     m = values.shape[0]
     state["more"] = valid[m - 1] & (state["num_kept"] < k)
@@ -254,9 +291,19 @@ def _greedy(boxes, scores, state, values, flat, valid, per_class, k, iou_thresho
     return state
 
 
-@functools.partial(jax.jit, static_argnames=("k_cap", "block"))
+@functools.partial(jax.jit, static_argnames=("k_cap", "block", "fixed"))
 def _combined_nms(
-    boxes, scores, per_class, k, iou_threshold, score_threshold, clip_boxes, *, k_cap, block
+    boxes,
+    scores,
+    per_class,
+    k,
+    iou_threshold,
+    score_threshold,
+    clip_boxes,
+    *,
+    k_cap,
+    block,
+    fixed=False,
 ):
     """Batched core.
 
@@ -264,7 +311,8 @@ def _combined_nms(
         boxes: ``[B, N, q, 4]``. scores: ``[B, N, C]``.
         per_class, k: ``[]`` int32 caps per class and per image (``k <= k_cap``).
         iou_threshold, score_threshold: ``[]`` float32. clip_boxes: ``[]`` bool.
-        k_cap: static number of output rows. block: static block size.
+        k_cap: static number of output rows. block: static block size. fixed: static,
+            loops of fixed trip count (:data:`FIXED_TRIP_COUNTS`).
 
     Returns:
         ``(boxes [B, k_cap, 4], scores [B, k_cap], classes [B, k_cap], valid [B])``, rows past
@@ -282,18 +330,19 @@ def _combined_nms(
         # Every candidate fits in one block: no boundary, no continuation.
         values, flat, valid = jax.vmap(_select_all, in_axes=(0, None))(scores, score_threshold)
         greedy = jax.vmap(
-            functools.partial(_greedy, first=True), in_axes=(0, 0, 0, 0, 0, 0, *shared)
+            functools.partial(_greedy, first=True, fixed=fixed), in_axes=(0, 0, 0, 0, 0, 0, *shared)
         )
         state = greedy(boxes, scores, state, values, flat, valid, *args)
     else:
         select = jax.vmap(_select_block, in_axes=(0, 0, 0, None, None, None, None))
         step = jax.vmap(
-            functools.partial(_greedy, first=False), in_axes=(0, 0, 0, 0, 0, 0, *shared)
+            functools.partial(_greedy, first=False, fixed=fixed),
+            in_axes=(0, 0, 0, 0, 0, 0, *shared),
         )
         next_keys = jax.vmap(_next_keys, in_axes=(0, 0, None, None))
 
         first = jax.vmap(
-            functools.partial(_greedy, first=True), in_axes=(0, 0, 0, 0, 0, 0, *shared)
+            functools.partial(_greedy, first=True, fixed=fixed), in_axes=(0, 0, 0, 0, 0, 0, *shared)
         )
 
         def round_body(state):
@@ -457,6 +506,7 @@ def run(
         jnp.asarray(clip_boxes, bool),
         k_cap=k_cap,
         block=block,
+        fixed=_fixed_trip_counts(),
     )
     if host:
         outputs = [np.asarray(x) for x in outputs]
