@@ -14,6 +14,12 @@ machine cancel out). ``forward b1`` and ``predict b1`` are timed back to back in
   inside the step), reported as images per second.
 * ``first call``: the first forward call of the process (tracing and compilation included).
 * ``peak RSS``: the worker's peak resident memory.
+* ``working MiB``: inference working memory, the peak resident memory during the first
+  ``forward b1`` call and :data:`WORKING_CALLS` more, minus the resident memory of the built
+  model just before them (Linux: the peak is reset through ``/proc/self/clear_refs``). It
+  counts what inference needs beyond the weights: activations, workspaces, and where the mode
+  compiles (``tf.function``, XLA, ``jax.jit``, ``torch.compile``) the compiler's memory and
+  the compiled program.
 
 Every worker, peers included, first calls :func:`keras_retinanet.keep_freed_memory` (glibc
 keeps freed blocks for reuse instead of returning them to the kernel each step), the setting
@@ -218,6 +224,32 @@ def _build_torchvision(size):
     return forward_call, None, lambda x, y: step()
 
 
+#: forward b1 calls after the first one in the working-memory measurement.
+WORKING_CALLS = 3
+
+
+def _proc_status_kib(field):
+    """``VmRSS`` / ``VmHWM`` (KiB) of this process from ``/proc/self/status``, or ``None``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss():
+    """Resets this process's peak resident memory (``VmHWM``) to the current one (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def worker(spec):
     """Serves timing requests for one configuration: one JSON line in, one JSON line out."""
     name, backend, mode, data_format, implementation = spec["config"]
@@ -250,9 +282,16 @@ def worker(spec):
         "predict1": _convert(_images(1, size, layout), backend),
         "train2": (_images(2, size, layout), _targets(2, size)),
     }
+    can_reset = _reset_peak_rss()
+    built_kib = _proc_status_kib("VmRSS")
     start = time.perf_counter()
     _sync(forward(inputs["forward1"]))
     reply["first_call_s"] = time.perf_counter() - start
+    for _ in range(WORKING_CALLS):
+        _sync(forward(inputs["forward1"]))
+    peak_kib = _proc_status_kib("VmHWM")
+    if can_reset and built_kib is not None and peak_kib is not None:
+        reply["working_mib"] = (peak_kib - built_kib) / 1024
     print(json.dumps(reply), flush=True)
 
     calls = {
@@ -396,6 +435,7 @@ def run_group(configs, size, repeats, need_first=False, malloc="keep", groups=ME
                 "predict1_s": med["predict1"],
                 "train2_img_per_s": None if med["train2"] is None else 2 / med["train2"],
                 "peak_rss_mib": round(peaks[name]),
+                "working_mib": _round_or_none(w.ready.get("working_mib")),
                 "errors": errors[name],
                 "repeats": repeats,
                 # Seconds per timed round (None where a call failed), for paired ratios.
@@ -439,11 +479,22 @@ def run(configs, size, repeats, reference, max_workers, malloc="keep", groups=ME
         for row in group:
             if row["config"] == reference and any(r["config"] == reference for r in results):
                 continue  # reported once, from the first group
-            keep = ("config", "forward1_s", "forward8_s", "train2_img_per_s", "samples")
+            keep = (
+                "config",
+                "forward1_s",
+                "forward8_s",
+                "train2_img_per_s",
+                "working_mib",
+                "samples",
+            )
             usable = ref_row is not None and "unavailable" not in ref_row
             row["reference"] = {k: ref_row[k] for k in keep} if usable else None
             results.append(row)
     return results, reference
+
+
+def _round_or_none(value):
+    return None if value is None else round(value)
 
 
 def _seconds(row, measure):
@@ -490,19 +541,20 @@ def markdown(results, size, repeats, reference, malloc="keep"):
         f"{MALLOC_NOTES[malloc]}.",
         "",
         "| configuration | forward b1 s | forward b8 s | predict b1 s | predict / forward | "
-        "train b2 img/s | first call s | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "train b2 img/s | first call s | peak RSS MiB | working MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in ok:
         ratio = paired_ratio(r, r, "predict1", "forward1")
         lines.append(
             f"| {r['config']} | {_fmt(r['forward1_s'])} | {_fmt(r['forward8_s'])} | "
             f"{_fmt(r['predict1_s'])} | {_fmt(ratio)} | {_fmt(r['train2_img_per_s'])} | "
-            f"{_fmt(r['first_call_s'], 1)} | {r['peak_rss_mib']} |"
+            f"{_fmt(r['first_call_s'], 1)} | {r['peak_rss_mib']} | "
+            f"{_fmt(r.get('working_mib'), 0)} |"
         )
     for r in results:
         if "unavailable" in r:
-            lines.append(f"| {r['config']} | not run: {r['unavailable']} | | | | | | |")
+            lines.append(f"| {r['config']} | not run: {r['unavailable']} | | | | | | | |")
     errors = [(r["config"], m, e) for r in ok for m, e in r["errors"].items()]
     if errors:
         lines += ["", "Errors:"] + [f"- {c} {m}: {e}" for c, m, e in errors]
@@ -513,15 +565,20 @@ def markdown(results, size, repeats, reference, malloc="keep"):
             "the median over rounds of each round's time ratio (below 1 is faster than the "
             "reference):",
             "",
-            "| configuration | forward b1 / ref | forward b8 / ref | train step / ref |",
-            "|---|---:|---:|---:|",
+            "| configuration | forward b1 / ref | forward b8 / ref | train step / ref | "
+            "working memory / ref |",
+            "|---|---:|---:|---:|---:|",
         ]
         for r in ok:
             ref = r.get("reference")
             if not ref:
                 continue
             f1, f8, tr = (paired_ratio(r, ref, m) for m in ("forward1", "forward8", "train2"))
-            lines.append(f"| {r['config']} | {_fmt(f1)} | {_fmt(f8)} | {_fmt(tr)} |")
+            mine, theirs = r.get("working_mib"), ref.get("working_mib")
+            memory = mine / theirs if mine is not None and theirs else None
+            lines.append(
+                f"| {r['config']} | {_fmt(f1)} | {_fmt(f8)} | {_fmt(tr)} | {_fmt(memory)} |"
+            )
     lines += targets(ok, reference)
     return "\n".join(lines) + "\n"
 

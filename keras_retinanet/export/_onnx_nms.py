@@ -25,6 +25,15 @@ The graph (``nms_nodes``) is ``tf.image.combined_non_max_suppression`` (docs/num
    orders ties by anchor then class). A row is valid when its score is strictly above
    ``score_threshold`` (every kept score is, ``-inf`` and NaN thresholds included, and the
    fill never is); invalid rows are zeros.
+
+Subnormal values (rule 6 of ``keras_retinanet/nms/reference.py``): the graph flushes the
+scores, the box coordinates and the thresholds to zero before ``NonMaxSuppression``, as
+TensorFlow's CPU kernel treats them, so subnormal scores are no candidates above a threshold
+of 0 and subnormal coordinates are 0. What the ONNX kernel computes from normal coordinates is
+not flushed (onnxruntime runs in the host's default floating-point mode): boxes whose area or
+intersection is subnormal, i.e. sides below about ``1e-19`` in the coordinates' units, may be
+suppressed where TensorFlow keeps them. Returned scores and coordinates are the flushed ones
+(a subnormal value reads 0, where TensorFlow returns it unchanged unless clipped).
 """
 
 import numpy as np
@@ -115,7 +124,16 @@ def nms_nodes(
     k = int(max_total_size)
     out_boxes, out_scores, out_classes, out_num = outputs
     neg_inf = g.const(-np.inf, np.float32, "neg_inf")
-    threshold = g.const(score_threshold, np.float32, "score_threshold")
+    threshold = g.const(_flush(score_threshold), np.float32, "score_threshold")
+    flt_min = g.const(np.finfo(np.float32).tiny, np.float32, "flt_min")
+    zero = g.const(0.0, np.float32)
+
+    def flush(name, hint):
+        """Subnormal values of ``name`` -> 0 (NaN kept: its comparison is false)."""
+        return g.op("Where", [g.op("Less", [g.op("Abs", [name]), flt_min]), zero, name], hint)
+
+    scores = flush(scores, "scores_flushed")
+    boxes = flush(boxes, "boxes_flushed")
 
     scores_shape = g.op("Shape", [scores], "scores_shape")  # [N, A, C]
     batch = g.op("Slice", [scores_shape, g.const([0], np.int64), g.const([1], np.int64)])
@@ -155,7 +173,7 @@ def nms_nodes(
             nms_boxes,
             nms_scores,
             g.const([int(max_output_size_per_class)], np.int64, "max_per_class"),
-            g.const([iou_threshold], np.float32, "iou_threshold"),
+            g.const([_flush(iou_threshold)], np.float32, "iou_threshold"),
             threshold,
         ],
         "selected",
@@ -192,7 +210,6 @@ def nms_nodes(
         "GatherND", [source, g.op("Unsqueeze", [row, g.const([2], np.int64)])], batch_dims=1
     )  # [N, K, 4]
     valid_3d = g.op("Unsqueeze", [valid, g.const([2], np.int64)])
-    zero = g.const(0.0, np.float32)
     if clip_boxes:
         box_rows = g.op("Where", [valid_3d, gathered, zero])
         g.op_to("Clip", [box_rows, zero, g.const(1.0, np.float32)], out_boxes)
@@ -266,3 +283,9 @@ def output_value_infos(k, batch="N"):
         helper.make_tensor_value_info("classes", TensorProto.INT32, [batch, k]),
         helper.make_tensor_value_info("num_detections", TensorProto.INT32, [batch]),
     ]
+
+
+def _flush(value):
+    """A float threshold as float32, ``0.0`` when subnormal (``-inf`` and NaN unchanged)."""
+    value = np.float32(value)
+    return float(0.0 if np.abs(value) < np.finfo(np.float32).tiny else value)
