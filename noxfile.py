@@ -94,15 +94,19 @@ def tests(session, backend):
 #: The lower end of ``pyproject.toml``'s Keras range (``_keras_internals.TESTED_KERAS``).
 OLDEST_KERAS = "3.10.0"
 #: Test files the oldest-Keras session leaves to the main sessions: readers, numerics and
-#: tools that call only long-stable ``keras.ops`` (or no Keras at all). Everything that builds,
-#: saves, trains or exports a model, and the fast paths' Keras internals, runs on both ends of
-#: the Keras range; a new test file runs on both unless it is listed here.
+#: tools that call only long-stable ``keras.ops`` (or no Keras at all), and the command-line
+#: front ends (argument handling and run-time faults around library calls that the model,
+#: training, checkpoint and export tests make directly). Everything in the library that
+#: builds, saves, trains or exports a model, and the fast paths' Keras internals, runs on both
+#: ends of the Keras range; a new test file runs on both unless it is listed here.
 OLDEST_KERAS_LEAVES = (
     "test_anchor_coverage.py",
     "test_anchors.py",
     "test_benchmark_data_pipeline.py",
     "test_benchmark_schedule.py",
     "test_box_coding.py",
+    "test_cli_evaluate.py",
+    "test_cli_train.py",
     "test_cpu_memory.py",
     "test_data_coco.py",
     "test_data_csv.py",
@@ -110,8 +114,12 @@ OLDEST_KERAS_LEAVES = (
     "test_data_shapes.py",
     "test_data_voc.py",
     "test_evaluation.py",
+    "test_faults.py",
+    "test_faults_images.py",
+    "test_gpu_check.py",
     "test_label_encoder.py",
     "test_nms.py",
+    "test_nms_torch_sync.py",
     "test_packaging.py",
     "test_properties.py",
     "test_visualization.py",

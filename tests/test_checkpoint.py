@@ -206,6 +206,11 @@ print("finished", flush=True)
 """
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="backend-neutral writer and resume; TF and torch run it (JAX recompiles each step "
+    "shape in two processes: 50 s of CI); a kill during a save runs on JAX too",
+)
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     x, y = make_data()
     steps = IMAGES // BATCH
