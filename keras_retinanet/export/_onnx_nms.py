@@ -38,6 +38,8 @@ suppressed where TensorFlow keeps them. Returned scores and coordinates are the 
 
 import numpy as np
 
+from keras_retinanet.nms._subnormal import FLT_MIN, flush_scalar
+
 #: The ONNX opset of the NMS subgraph (``GatherND`` batch_dims, ``ReduceSum`` axes input).
 OPSET = 17
 
@@ -124,8 +126,8 @@ def nms_nodes(
     k = int(max_total_size)
     out_boxes, out_scores, out_classes, out_num = outputs
     neg_inf = g.const(-np.inf, np.float32, "neg_inf")
-    threshold = g.const(_flush(score_threshold), np.float32, "score_threshold")
-    flt_min = g.const(np.finfo(np.float32).tiny, np.float32, "flt_min")
+    threshold = g.const(flush_scalar(score_threshold), np.float32, "score_threshold")
+    flt_min = g.const(FLT_MIN, np.float32, "flt_min")
     zero = g.const(0.0, np.float32)
 
     def flush(name, hint):
@@ -173,7 +175,7 @@ def nms_nodes(
             nms_boxes,
             nms_scores,
             g.const([int(max_output_size_per_class)], np.int64, "max_per_class"),
-            g.const([_flush(iou_threshold)], np.float32, "iou_threshold"),
+            g.const([flush_scalar(iou_threshold)], np.float32, "iou_threshold"),
             threshold,
         ],
         "selected",
@@ -283,9 +285,3 @@ def output_value_infos(k, batch="N"):
         helper.make_tensor_value_info("classes", TensorProto.INT32, [batch, k]),
         helper.make_tensor_value_info("num_detections", TensorProto.INT32, [batch]),
     ]
-
-
-def _flush(value):
-    """A float threshold as float32, ``0.0`` when subnormal (``-inf`` and NaN unchanged)."""
-    value = np.float32(value)
-    return float(0.0 if np.abs(value) < np.finfo(np.float32).tiny else value)

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from keras_retinanet.nms._subnormal import FLT_MIN as _FLT_MIN
+from keras_retinanet.nms._subnormal import SUBNORMAL_MAX as _SUBNORMAL_MAX
 from keras_retinanet.nms._validation import output_size, validate_arguments
 
 #: Candidates visited per block (a larger block needs fewer continuation rounds but makes
@@ -59,12 +61,6 @@ def _fixed_trip_counts():
     if FIXED_TRIP_COUNTS is not None:
         return bool(FIXED_TRIP_COUNTS)
     return jax.default_backend() != "cpu"
-
-
-#: The smallest normal float32, and the largest subnormal: ``x > _SUBNORMAL_MAX`` is
-#: ``flush(x) > 0``.
-_FLT_MIN = float(np.finfo(np.float32).tiny)
-_SUBNORMAL_MAX = float(np.nextafter(np.float32(_FLT_MIN), np.float32(0)))
 
 
 def _canonical(x):

@@ -40,6 +40,9 @@ may fuse the kernels and contract, which can flip a decision where an IoU equals
 import numpy as np
 import torch
 
+from keras_retinanet.nms._subnormal import FLT_MIN as _FLT_MIN
+from keras_retinanet.nms._subnormal import SUBNORMAL_MAX as _SUBNORMAL_MAX
+from keras_retinanet.nms._subnormal import compare_threshold
 from keras_retinanet.nms._validation import output_size, validate_arguments
 
 #: Candidates per image of phase A (more: a second host read, and phase B if not done).
@@ -47,10 +50,6 @@ BLOCK_SIZE = 1024
 #: Most host synchronisations of one call.
 HOST_SYNCS = 3
 _NEG_INF = float("-inf")
-#: The smallest normal float32, and the largest subnormal: ``x > _SUBNORMAL_MAX`` is
-#: ``flush(x) > 0``.
-_FLT_MIN = float(np.finfo(np.float32).tiny)
-_SUBNORMAL_MAX = float(np.nextafter(np.float32(_FLT_MIN), np.float32(0)))
 
 
 def _host_read(tensor):
@@ -63,13 +62,6 @@ def _flush(x):
     by bits agrees with ordering by value, and subnormals are zeros as in TensorFlow's
     flush-to-zero arithmetic."""
     return torch.where(x.abs() < _FLT_MIN, 0.0, x)
-
-
-def _compare_threshold(threshold):
-    """float32 threshold ``t`` -> ``t'`` with ``x > t'`` equal to ``flush(x) > flush(t)`` for
-    every float32 ``x``: a zero or subnormal ``t`` becomes the largest subnormal."""
-    threshold = float(np.float32(threshold))
-    return _SUBNORMAL_MAX if abs(threshold) < _FLT_MIN else threshold
 
 
 def _topk_stable(values, k):
@@ -185,8 +177,8 @@ class _Candidates:
         """``[B, m]``: ``IoU(one, candidate) > iou_threshold`` for ``one [B, 1, 5]``, with the
         float32 operations of ``reference._iou_one_to_many`` in the same order, each its own
         eager kernel (no fused multiply-add), negative or subnormal sides and intersections
-        taken as 0 (``iou_threshold`` from :func:`_compare_threshold`, so a subnormal IoU never
-        exceeds it). ``out``: work buffers from :meth:`buffers`."""
+        taken as 0 (``iou_threshold`` from ``_subnormal.compare_threshold``, so a subnormal
+        IoU never exceeds it). ``out``: work buffers from :meth:`buffers`."""
         inter, inter_w, union, result = self.buffers() if out is None else out
         torch.minimum(one[..., 2], self.y_max, out=inter)
         torch.threshold_(
@@ -336,11 +328,11 @@ def run(
     if block <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     # Thresholds are float32 in TensorFlow: compare against the float32 value, flushed.
-    iou_threshold = _compare_threshold(iou_threshold)
+    iou_threshold = compare_threshold(iou_threshold)
     # Below zero, zeros and subnormals are candidates: their returned scores are read back
     # from ``scores`` (the ranked values are flushed).
     raw = scores if float(np.float32(score_threshold)) < 0 else None
-    score_threshold = _compare_threshold(score_threshold)
+    score_threshold = compare_threshold(score_threshold)
     batch, num_boxes, _, _ = boxes.shape
     num_classes = scores.shape[2]
     k = output_size(per_class, total, num_classes, pad_per_class)

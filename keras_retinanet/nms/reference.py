@@ -31,10 +31,11 @@ by box index, then class index.
 
 import numpy as np
 
+from keras_retinanet.nms import _subnormal
 from keras_retinanet.nms._validation import output_size, validate_arguments
 
 #: The smallest normal float32; nonzero values of smaller magnitude are subnormal.
-FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+FLT_MIN = np.float32(_subnormal.FLT_MIN)
 
 
 def flush(x):
