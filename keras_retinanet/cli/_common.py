@@ -140,21 +140,6 @@ PROGRESS_OVER = 1000
 NAMED_SKIPPED = 5
 
 
-def _size_problem(record, flag):
-    """``None`` unless ``record`` gives a ``width``/``height`` (COCO, VOC) that differs from its
-    file's header in the displayed (EXIF-oriented) frame; then the one-line mismatch."""
-    if record.get("width") is None or record.get("height") is None:
-        return None
-    from keras_retinanet.data.preprocessing import image_size
-    from keras_retinanet.data.verify import size_problem
-
-    try:
-        width, height = image_size(record["path"])
-    except (OSError, ValueError) as e:
-        return f"{flag}: image {record['path']!r} is unreadable ({first_line(e)})"
-    return size_problem(record, width, height, what=flag)
-
-
 def check_images_readable(dataset, flag, skip=False, verbose=1):
     """``(dataset, skipped)``: checks that every image of ``dataset.records`` opens, and that
     the size its annotations give (COCO ``width``/``height``, VOC ``<size>``) is the file's,
@@ -173,8 +158,10 @@ def check_images_readable(dataset, flag, skip=False, verbose=1):
     keep, skipped = [], []
     for i, record in enumerate(records):
         problem = _image_problem(record["path"])
-        if problem is None:
-            mismatch = _size_problem(record, flag)
+        if problem is None:  # readable: the size it records (COCO, VOC) must be the file's
+            from keras_retinanet.data.verify import check_record
+
+            mismatch = check_record(record, flag)
             if mismatch is not None:
                 fail(mismatch)
         if problem is not None:

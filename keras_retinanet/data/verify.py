@@ -48,7 +48,7 @@ def verify_images(records, *, what="data set", raise_errors=True, progress=None)
         total = None
     problems = []
     for done, rec in enumerate(records, start=1):
-        problem = _check_record(rec, what)
+        problem = check_record(rec, what)
         if problem is not None:
             if raise_errors:
                 raise ValueError(problem)
@@ -58,7 +58,9 @@ def verify_images(records, *, what="data set", raise_errors=True, progress=None)
     return problems
 
 
-def _check_record(rec, what):
+def check_record(rec, what="data set"):
+    """``None`` when ``rec``'s image file reads and has the recorded size (if any); otherwise
+    the one-line problem, naming ``what`` and the image (header read only)."""
     path = rec.get("path")
     if path is None:
         return None
