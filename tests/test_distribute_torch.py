@@ -64,6 +64,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _rank_logs(log_dir, tail=1500):
+    parts = []
+    for path in sorted(log_dir.rglob("*.log")):
+        text = path.read_text(errors="replace").strip()
+        if text:
+            parts.append(f"--- {path.relative_to(log_dir)} ---\n{text[-tail:]}\n")
+    return "".join(parts)
+
+
 def _load(path):
     with np.load(path) as data:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
@@ -129,10 +138,13 @@ def test_ddp_two_ranks_matches_single_process_on_the_global_batch(tmp_path, fast
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        # Each rank's own stdout/stderr into a file: torchrun's summary of a failed rank says
+        # only how it ended, the rank's file says why.
+        "--log-dir", str(tmp_path / "logs"), "--redirects", "3",
         str(script), str(tmp_path), "1" if fast_paths else "0",
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, _rank_logs(tmp_path / "logs") + result.stderr[-2000:]
 
     # Reference: Keras' own fit, one process, SGD(0.01) without momentum, the global batch of
     # 4 for 2 steps and then the batch of 3 for one step.

@@ -305,8 +305,10 @@ def _torch_process_group():
         fail(f"--devices: {first_line(e)}")
     try:
         yield
-    finally:
-        _torch.shutdown()
+    except BaseException:
+        _torch.shutdown(wait_for_peers=False)
+        raise
+    _torch.shutdown()
 
 
 def _training_batches(train_set, plan, global_batch, seed, workers):

@@ -111,10 +111,20 @@ def available_devices(device_type=None):
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
-def shutdown():
-    """Leaves the process group (``destroy_process_group``) if one was joined."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(*, wait_for_peers=True):
+    """Leaves the process group (``destroy_process_group``) if one was joined.
+
+    Args:
+        wait_for_peers: first wait at a barrier until every rank has arrived, so that no rank
+            closes its connections while a peer is still reading from them (gloo aborts that
+            peer, SIGABRT, with "Connection closed by peer"). Pass ``False`` when leaving
+            because of an error: the other ranks may never reach the barrier.
+    """
+    if not dist.is_initialized():
+        return
+    if wait_for_peers:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def shard_bounds(global_size, rank, world_size):
