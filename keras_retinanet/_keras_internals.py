@@ -62,6 +62,23 @@ def call_has_training_arg(layer):
         return False
 
 
+def training_in_call_context():
+    """Whether the Keras layer call in progress runs with ``training=True``, given to it or
+    inherited from an outer layer's call (``Layer.__call__`` keeps the value in its call
+    context, for layers such as ``Conv2D`` whose ``call`` takes no ``training``).
+
+    ``False`` outside any layer call, and where this Keras keeps its call context elsewhere:
+    callers then take their inference path, which is always correct.
+    """
+    try:
+        from keras.src.backend.common import global_state
+
+        context = global_state.get_global_attribute("current_call_ctx")
+    except Exception:  # noqa: BLE001 - any change of the internal: the inference path
+        return False
+    return getattr(context, "training", None) is True
+
+
 def is_quantized(layer):
     """Whether ``layer`` runs a quantized kernel (its ``call`` is then not what runs)."""
     policy = getattr(layer, "dtype_policy", None)

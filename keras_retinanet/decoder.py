@@ -8,7 +8,7 @@ from keras import layers, ops
 
 from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.box_coding import BoxCoder
-from keras_retinanet.device_constants import DeviceConstants
+from keras_retinanet.device_constants import DeviceConstants, size_key
 from keras_retinanet.layout import spatial_axes, standardize_data_format
 from keras_retinanet.ops import combined_non_max_suppression
 from keras_retinanet.validation import positive_int, static_shape, validate_images
@@ -169,7 +169,7 @@ class DecodePredictions(layers.Layer):
         h_axis, w_axis = spatial_axes(self.data_format)
         height, width = shape[h_axis], shape[w_axis]
         anchors = self._anchors.get(  # [A, 4]
-            _size_key(height, width), predictions, lambda: self.anchor_generator(height, width)
+            size_key(height, width), predictions, lambda: self.anchor_generator(height, width)
         )
         boxes = self.box_coder.decode(predictions[..., :4], anchors)  # [B, A, 4]
         # NaN scores and non-finite boxes must never be detections: a score of 0 is never
@@ -440,10 +440,3 @@ def _is_number(value):
         return not isinstance(value, bool) and not math.isnan(float(value))
     except (TypeError, ValueError):
         return False
-
-
-def _size_key(height, width):
-    """``(height, width)`` as ints, or ``None`` (never cached) when either is a tensor."""
-    if isinstance(height, (int, np.integer)) and isinstance(width, (int, np.integer)):
-        return (int(height), int(width))
-    return None

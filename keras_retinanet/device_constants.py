@@ -13,8 +13,18 @@ and a compiled program embeds its constants anyway.
 import collections
 import threading
 
+import numpy as np
+
 from keras_retinanet.backends import device_key
 from keras_retinanet.validation import is_concrete
+
+
+def size_key(height, width):
+    """``(height, width)`` as ints, the cache key of a per-input-size constant, or ``None``
+    (never cached) when either is a tensor (a dynamic size inside a traced function)."""
+    if isinstance(height, (int, np.integer)) and isinstance(width, (int, np.integer)):
+        return (int(height), int(width))
+    return None
 
 
 class DeviceConstants:

@@ -7,6 +7,7 @@ from keras import ops
 from keras_retinanet.anchors import AnchorGenerator
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.boxes import center_to_corners, pairwise_iou
+from keras_retinanet.device_constants import DeviceConstants, size_key
 from keras_retinanet.validation import any_true, is_concrete
 
 #: Class-target codes for anchors that are not positives.
@@ -42,6 +43,8 @@ class LabelEncoder:
         self.box_coder = box_coder or BoxCoder()
         self.positive_threshold = float(positive_threshold)
         self.negative_threshold = float(negative_threshold)
+        # Anchors per (input size, device) for eager train steps (see device_constants.py).
+        self._anchors = DeviceConstants()
         if not 0.0 <= self.negative_threshold <= self.positive_threshold <= 1.0:
             raise ValueError(
                 "thresholds must satisfy 0 <= negative_threshold <= positive_threshold <= 1, got "
@@ -96,7 +99,10 @@ class LabelEncoder:
                     f"gt_classes must be [batch, boxes] matching gt_boxes [batch, boxes, 4], got "
                     f"shapes {tuple(gt_classes.shape)} and {tuple(gt_boxes.shape)}"
                 )
-        anchors = self.anchor_generator(image_shape[0], image_shape[1])  # [A, 4] cxcywh
+        height, width = image_shape
+        anchors = self._anchors.get(  # [A, 4] cxcywh
+            size_key(height, width), gt_boxes, lambda: self.anchor_generator(height, width)
+        )
         batch = ops.shape(gt_boxes)[0]
         num_anchors = ops.shape(anchors)[0]
         if gt_boxes.shape[0] == 0 or gt_boxes.shape[1] == 0:

@@ -10,7 +10,8 @@ from keras import ops
 
 from keras_retinanet.box_coding import BoxCoder
 from keras_retinanet.decoder import DecodePredictions
-from keras_retinanet.device_constants import DeviceConstants
+from keras_retinanet.device_constants import DeviceConstants, size_key
+from keras_retinanet.label_encoder import LabelEncoder
 
 BACKEND = keras.backend.backend()
 
@@ -111,3 +112,22 @@ def test_the_box_coder_round_trips_with_its_cached_variance():
         decoded = coder.decode(coder.encode(boxes, anchors), anchors)
         np.testing.assert_allclose(ops.convert_to_numpy(decoded), boxes, rtol=1e-5, atol=1e-4)
     assert len(coder._constants) == 1
+
+
+def test_the_label_encoder_reuses_its_anchors_per_size_with_the_same_targets():
+    encoder = LabelEncoder()
+    boxes = np.array([[[8, 8, 40, 48], [30, 20, 90, 60]]], "float32")
+    classes = np.array([[1, 2]], "int32")
+    first = ops.convert_to_numpy(encoder.encode((96, 128), boxes, classes))
+    second = ops.convert_to_numpy(encoder.encode((96, 128), boxes, classes))
+    assert len(encoder._anchors) == 1
+    np.testing.assert_array_equal(first, second)
+    fresh = LabelEncoder().encode((96, 128), boxes, classes)
+    np.testing.assert_array_equal(first, ops.convert_to_numpy(fresh))
+    encoder.encode((64, 64), boxes, classes)
+    assert len(encoder._anchors) == 2
+
+
+def test_size_key_takes_python_and_numpy_integers_only():
+    assert size_key(96, np.int64(128)) == (96, 128)
+    assert size_key(96, ops.convert_to_tensor(128)) is None

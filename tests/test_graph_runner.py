@@ -144,8 +144,11 @@ def test_eager_inference_calls_layers_directly_with_identical_outputs(factory, m
     got = _numpy(call_releasing(backbone, x, training=False))
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(g, e)
-    with pytest.raises(AssertionError, match="Layer.__call__"):
-        call_releasing(backbone, x, training=True)  # training goes through __call__
+    if keras.backend.backend() == "torch":
+        call_releasing(backbone, x, training=True)  # eager training calls them directly too
+    else:
+        with pytest.raises(AssertionError, match="Layer.__call__"):
+            call_releasing(backbone, x, training=True)  # training goes through __call__
     with pytest.raises(AssertionError, match="Layer.__call__"):
         call_releasing(backbone, keras.ops.convert_to_numpy(x), training=False)
 
@@ -181,7 +184,7 @@ def test_retinanet_direct_inference_matches_layer_calls(monkeypatch):
         np.random.default_rng(0).normal(0, 50, (1, 64, 64, 3)).astype("float32")
     )
     direct = _numpy(model(x))[0]
-    monkeypatch.setattr(graph_runner, "_eager_inference", lambda inputs, training: False)
+    monkeypatch.setattr(graph_runner, "_eager_mode", lambda inputs, training: None)
     np.testing.assert_array_equal(direct, _numpy(model(x))[0])
 
 
@@ -210,13 +213,14 @@ def _donation_model():
     return model
 
 
-def _donated_flags(model):
+def _donated_flags(model, training=False):
     from keras_retinanet.fast.graph_runner import plan_for
 
     plan = plan_for(model)
+    donate = plan.donate_training if training else plan.donate
     return {
         node.operation.name: flags
-        for node, flags in zip(plan.nodes, plan.donate, strict=True)
+        for node, flags in zip(plan.nodes, donate, strict=True)
         if flags is not None
     }
 
@@ -227,6 +231,64 @@ def test_only_fresh_single_use_intermediates_are_donated():
     # output is its input; add: `conv` has two consumers, `bn_of_dropout` one; after: its
     # input is a model output. relu and relu_out read fresh single-use tensors.
     assert _donated_flags(model) == {"relu": (True,), "add": (False, True), "relu_out": (True,)}
+
+
+def test_training_donates_only_to_relu_and_add_and_never_a_relu_output():
+    model = _donation_model()
+    assert _donated_flags(model, training=True) == {
+        "relu": (True,),
+        "add": (False, True),
+        "relu_out": (True,),
+    }
+    # A ReLU's gradient reads its output: a ReLU after a Conv2D with ReLU activation (or
+    # after another ReLU) never overwrites it in training; in inference it may.
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, activation="relu", name="conv_relu")(inputs)
+    relu = keras.layers.Activation("relu", name="relu")(conv)
+    second = keras.layers.Activation("relu", name="second")(relu)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="out")(second))
+    assert _donated_flags(model) == {"relu": (True,), "second": (True,)}
+    assert _donated_flags(model, training=True) == {}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="in-place training: PyTorch")
+def test_torch_training_writes_relu_and_add_in_place_with_the_same_gradients(monkeypatch):
+    import torch
+
+    from keras_retinanet.fast import _torch, graph_runner
+
+    keras.utils.set_random_seed(3)
+    backbone = resnet50_backbone(input_shape=(32, 32, 3))
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    donated = []
+    original = _torch._relu_donated_training
+
+    def counting(layer, flags, *args, **kwargs):
+        donated.append(flags[0])
+        return original(layer, flags, *args, **kwargs)
+
+    monkeypatch.setattr(_torch, "_relu_donated_training", counting)
+
+    def run():
+        x = torch.tensor(images, requires_grad=True)
+        outputs = call_releasing(backbone, x, training=True)
+        sum((o * o).sum() for o in outputs).backward()
+        grads = [v.value.grad.numpy().copy() for v in backbone.trainable_weights]
+        for v in backbone.trainable_weights:
+            v.value.grad = None
+        return _numpy([o.detach() for o in outputs]), x.grad.numpy(), grads
+
+    direct = run()
+    assert sum(donated) == 49  # every ReLU of ResNet50 reads a batch norm or a residual sum
+    monkeypatch.setattr(graph_runner, "_eager_mode", lambda inputs, training: None)
+    donated.clear()
+    keras_path = run()
+    assert donated == []
+    for g, e in zip(direct[0], keras_path[0], strict=True):
+        np.testing.assert_array_equal(g, e)
+    np.testing.assert_allclose(direct[1], keras_path[1], rtol=1e-5, atol=1e-6)
+    for g, e in zip(direct[2], keras_path[2], strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(np.abs(e).max()))
 
 
 def test_donating_inference_leaves_inputs_and_shared_tensors_intact():

@@ -149,10 +149,14 @@ def test_retinanet_outputs_training_and_keras_file_match_keras_convolutions(tmp_
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(fast(x)), keras.ops.convert_to_numpy(plain(x))
     )
+    # Training adds the bias inside the convolution (``_conv2d_training``): the same values up
+    # to float rounding, where inference above is bit-identical.
     for _ in range(2):
-        assert fast.train_on_batch(x, y) == plain.train_on_batch(x, y)
+        np.testing.assert_allclose(fast.train_on_batch(x, y), plain.train_on_batch(x, y), rtol=1e-5)
     for a, b in zip(fast.weights, plain.weights, strict=True):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-5, atol=1e-7
+        )
 
     path = tmp_path / "fast.keras"
     fast.save(path)
@@ -257,7 +261,7 @@ def test_direct_inference_gradients_match_layer_calls(monkeypatch):
         return outputs.detach().numpy(), images.grad.numpy()
 
     direct_y, direct_grad = input_gradient()
-    monkeypatch.setattr(graph_runner, "_eager_inference", lambda inputs, training: False)
+    monkeypatch.setattr(graph_runner, "_eager_mode", lambda inputs, training: None)
     plain_y, plain_grad = input_gradient()
     np.testing.assert_array_equal(direct_y, plain_y)
     scale = float(np.abs(plain_grad).max())

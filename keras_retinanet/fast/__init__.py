@@ -21,7 +21,11 @@ The paths, by backend:
   convolution reads (no kernel copy per call); convolutions on the input as it lies in
   memory (no two copies for channels_last); ``Conv2D.call`` written with torch directly;
   in eager inference, batch normalization, ReLU and residual sums written into the
-  intermediate they replace when nothing else holds it.
+  intermediate they replace when nothing else holds it. In training: batch normalization
+  with torch's own kernel (one pass each way instead of about ten ``keras.ops``), the
+  convolution's bias added inside the convolution, the backbone's simple layers called
+  directly, and its ReLUs and residual sums written in place where no gradient formula
+  reads the tensor they overwrite.
 * JAX (``_jax_convolution.py``, ``_jax_pooling.py``, ``_jax_normalization.py``): 1x1
   convolutions as matrix products and the kernel gradient of the others as one product per
   kernel tap; max pooling as the maximum of strided windows with a fused gradient; batch
@@ -83,6 +87,7 @@ def apply_fast_paths(root, *, exclude=()):
 
         report["torch_convolutions"] = _torch.use_torch_convolutions(layers)
         report["torch_kernel_layout"] = _torch.store_kernels_for_torch(layers)
+        report["torch_batch_normalization"] = _torch.use_torch_batch_normalization(layers)
     elif backend == "jax":
         from keras_retinanet.fast import _jax_convolution, _jax_normalization, _jax_pooling
 

@@ -47,6 +47,11 @@ import keras
 import torch
 import torch.nn.functional as F
 
+from keras_retinanet._keras_internals import (
+    batch_normalization_is_standard,
+    training_in_call_context,
+)
+
 
 def store_kernels_for_torch(layers):
     """Re-lays the storage of the kernel of every plain ``Conv2D`` among ``layers`` for torch.
@@ -102,7 +107,7 @@ class _Convolution:
         self.same = layer.padding == "same"
         self.channels_last = layer.data_format == "channels_last"
 
-    def __call__(self, inputs, kernel):
+    def __call__(self, inputs, kernel, bias=None):
         if not isinstance(kernel, torch.Tensor):
             kernel = keras.ops.convert_to_tensor(kernel)
         if not isinstance(inputs, torch.Tensor):
@@ -126,6 +131,7 @@ class _Convolution:
         outputs = F.conv2d(
             inputs,
             kernel.permute(3, 2, 0, 1),  # [out, in, kh, kw] view of the stored kernel
+            bias,
             stride=self.strides,
             padding=padding,
         )
@@ -157,8 +163,9 @@ def use_torch_convolutions(layers):
 
 class _Conv2DCall:
     """Replacement ``call`` of a ``Conv2D`` with :class:`_Convolution`: Keras' ``Conv2D.call``
-    written with torch directly (:func:`_conv2d_inference`) for eager tensors, Keras' own
-    ``call`` while ``torch.compile`` traces."""
+    written with torch directly for eager tensors (:func:`_conv2d_inference`, or
+    :func:`_conv2d_training` in a training call that autograd records), Keras' own ``call``
+    while ``torch.compile`` traces."""
 
     def __init__(self, layer):
         self._layer = weakref.ref(layer)
@@ -168,7 +175,103 @@ class _Conv2DCall:
         layer = self._layer()
         if torch.compiler.is_compiling() or not isinstance(inputs, torch.Tensor):
             return self._keras_call(layer, inputs)
+        if layer.use_bias and _records_gradient(inputs, layer.kernel.value):
+            if training_in_call_context():
+                return _conv2d_training(layer, inputs)
         return _conv2d_inference(layer, inputs)
+
+
+def _records_gradient(*tensors):
+    """Whether autograd records an operation on ``tensors``."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _conv2d_training(layer, inputs):
+    """Keras' ``Conv2D.call`` with the bias added inside the convolution: its gradient then
+    comes out of the convolution's backward, not from a separate reduction over the output
+    gradient (one pass over the largest feature maps per layer). Equal to the separate
+    addition up to float rounding (oneDNN adds the bias inside its kernel), so inference
+    keeps :func:`_conv2d_inference`'s bit-identical order."""
+    outputs = layer.convolution_op(inputs, layer.kernel.value, layer.bias.value)
+    return layer.activation(outputs)
+
+
+def use_torch_batch_normalization(layers):
+    """Gives every ``BatchNormalization`` among ``layers`` (not subclasses with their own
+    ``call``) a ``call`` that trains with torch's own batch normalization
+    (:class:`_BatchNormalizationCall`).
+
+    Returns:
+        The number of layers changed.
+    """
+    from keras_retinanet.fast._layers import set_layer_calls
+
+    return set_layer_calls(layers, keras.layers.BatchNormalization, _BatchNormalizationCall)
+
+
+class _BatchNormalizationCall:
+    """Replacement ``call`` of one ``BatchNormalization``: a float32 training call runs
+    ``F.batch_norm(training=True)``, Keras' inference and everything else runs Keras' own
+    ``call``.
+
+    In training Keras computes the batch's moments and the normalisation with about ten
+    ``keras.ops`` (mean, squared difference, mean, rsqrt, products, sums), each its own pass
+    over the activation, and autograd differentiates them one by one; torch's batch
+    normalization is one kernel each way. The outputs are Keras' up to float rounding (the
+    sums run in another order). The moving averages get Keras' update,
+    ``moving * momentum + batch * (1 - momentum)``, from the batch's mean and *biased*
+    variance: torch's kernel writes the batch mean and the unbiased variance (``n - 1``) into
+    ``running_mean``/``running_var`` buffers passed with ``momentum=1`` (``(1 - 1) * 0 +
+    1 * value``, exactly the value), and the variance is rescaled by ``(n - 1) / n``.
+    """
+
+    def __init__(self, layer):
+        self._layer = weakref.ref(layer)
+        self._keras_call = type(layer).call
+
+    def __call__(self, inputs, training=None, mask=None):
+        layer = self._layer()
+        if (
+            not (training and layer.trainable)
+            or mask is not None
+            or not batch_normalization_is_standard(layer)
+            or not isinstance(inputs, torch.Tensor)
+            or inputs.dtype != torch.float32
+            or inputs.device.type == "meta"
+            or layer.compute_dtype != "float32"
+            or layer.moving_mean.dtype != "float32"
+            or torch.compiler.is_compiling()
+        ):
+            return self._keras_call(layer, inputs, training=training, mask=mask)
+        axis = layer.axis % inputs.ndim
+        channels = inputs.shape[axis]
+        count = inputs.numel() // max(channels, 1)  # values per channel
+        if count < 2:  # torch refuses one value per channel; Keras' variance is 0 there
+            return self._keras_call(layer, inputs, training=training, mask=mask)
+        # [N, ..., C, ...] -> [N, C, ...]: for channels_last a view in channels_last memory
+        # format, which torch's kernel reads as it lies.
+        x = inputs if axis == 1 else inputs.movedim(axis, 1)
+        mean = torch.zeros(channels, dtype=torch.float32, device=inputs.device)
+        variance = torch.zeros_like(mean)
+        outputs = F.batch_norm(
+            x,
+            mean,
+            variance,
+            weight=layer.gamma.value if layer.scale else None,
+            bias=layer.beta.value if layer.center else None,
+            training=True,
+            momentum=1.0,
+            eps=layer.epsilon,
+        )
+        with torch.no_grad():
+            # unbiased -> biased, as keras.ops.moments (not in place: autograd saved it)
+            variance = variance * ((count - 1) / count)
+            momentum = layer.momentum
+            moving_mean = layer.moving_mean.value
+            moving_variance = layer.moving_variance.value
+            layer.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
+            layer.moving_variance.assign(moving_variance * momentum + variance * (1.0 - momentum))
+        return outputs if axis == 1 else outputs.movedim(1, axis)
 
 
 def _bias_shape(layer):
@@ -240,10 +343,17 @@ def _add_donated(layer, donated, inputs, **unused):
     """Keras' ``Add``, ``((x0 + x1) + x2) + ...``, accumulated into ``x0`` or, with two inputs,
     ``x1`` (addition commutes exactly) when that input is donated and has the result's shape
     and dtype."""
+    return _add_into(inputs, lambda index: _may_overwrite(donated[index], inputs[index]))
+
+
+def _add_into(inputs, may_overwrite):
+    """``((x0 + x1) + x2) + ...``, accumulated into ``x0`` or, with two inputs, ``x1`` when
+    ``may_overwrite(index)`` and that input has the result's shape and dtype; else a new
+    tensor."""
     candidates = [0, 1] if len(inputs) == 2 else [0]
     same = all(x.shape == inputs[0].shape and x.dtype == inputs[0].dtype for x in inputs)
     for index in candidates:
-        if same and _may_overwrite(donated[index], inputs[index]):
+        if same and may_overwrite(index):
             output = inputs[index].add_(inputs[1 - index])
             for x in inputs[2:]:
                 output = output.add_(x)
@@ -266,6 +376,31 @@ def donating_function(layer):
         return _relu_donated
     if isinstance(layer, keras.layers.Add):
         return _add_donated
+    return None
+
+
+def _relu_donated_training(layer, donated, inputs, **unused):
+    """ReLU written into ``inputs`` when it is donated (in training too: the caller donates
+    only tensors that no gradient formula reads back; ``relu_`` records ReLU's gradient)."""
+    return torch.relu_(inputs) if donated[0] else F.relu(inputs)
+
+
+def _add_donated_training(layer, donated, inputs, **unused):
+    """:func:`_add_donated` for training: ``add_`` records the sum's gradient, and the caller
+    donates only tensors that no gradient formula reads back."""
+    return _add_into(
+        inputs, lambda index: donated[index] and isinstance(inputs[index], torch.Tensor)
+    )
+
+
+def training_donating_function(layer):
+    """``(layer, donated, *args, **kwargs) -> outputs``, the in-place version of ``layer``'s
+    float32 eager training call, or ``None``: ReLU and ``Add`` (see
+    :func:`donating_function`)."""
+    if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu:
+        return _relu_donated_training
+    if isinstance(layer, keras.layers.Add):
+        return _add_donated_training
     return None
 
 

@@ -25,12 +25,22 @@ variable dtypes agree, every input already has the layer's compute dtype, and th
 nothing attached to the call (on PyTorch: no module hooks, no autocast): then ``__call__``
 adds nothing to the arithmetic, so outputs are bit-identical.
 
+**Eager training on PyTorch calls the same layers directly** (with ``training=True`` and
+the same checks, and not a layer with an activity regulariser, whose loss ``__call__`` adds):
+the layers' own ``call``, so batch normalization and convolutions run their training paths
+(:mod:`keras_retinanet.fast._torch`).
+
 **Eager inference reuses dead intermediates' memory.** When a batch normalization, ReLU or
 ``Add`` node's input is the fresh output of a ``Conv2D``, batch normalization, ReLU or ``Add``
 node and this node is its only consumer (and it is not a model output), the runner *donates*
 it: the backend's donating function (PyTorch) writes the result into the input's memory
 instead of a new tensor, with the same operations in the same order, so outputs stay
-bit-identical. A tensor that requires grad is never overwritten.
+bit-identical. A tensor that requires grad is never overwritten in inference. In eager
+training (PyTorch) a ReLU or ``Add`` node overwrites such an input only when no gradient
+formula reads it back: the output of a batch normalization, an ``Add`` or a ``Conv2D``
+without activation (a ReLU's gradient reads the ReLU's output, so those are never
+overwritten); ``relu_`` and ``add_`` record the same gradients, and autograd's version
+counters would raise, never silently differ, if a saved tensor were overwritten.
 """
 
 import weakref
@@ -92,11 +102,49 @@ class _Plan:
             for node in nodes
             if len(node.output_ids) == 1 and _returns_fresh_tensor(node.operation)
         }
-        self.donate = []
-        for node in nodes:
-            flags = tuple(t in fresh and uses[t] == 1 and t not in kept for t in node.input_ids)
-            takes = _takes_donations(node.operation) and any(flags)
-            self.donate.append(flags if takes else None)
+        self.donate = _donations(nodes, fresh, uses, kept, _takes_donations)
+        # The same for eager training, where autograd may have saved a tensor for the
+        # backward pass: only outputs that no backward formula reads are donated.
+        fresh_unsaved = {
+            node.output_ids[0]
+            for node in nodes
+            if len(node.output_ids) == 1 and _output_unsaved_for_gradient(node.operation)
+        }
+        self.donate_training = _donations(
+            nodes, fresh_unsaved, uses, kept, _takes_training_donations
+        )
+
+
+def _donations(nodes, fresh, uses, kept, takes_donations):
+    """Per node, one flag per input tensor: whether the node may overwrite it (a ``fresh``
+    tensor with that node as its only consumer, not a model input or output); ``None`` for
+    a node that takes no donation."""
+    donate = []
+    for node in nodes:
+        flags = tuple(t in fresh and uses[t] == 1 and t not in kept for t in node.input_ids)
+        takes = takes_donations(node.operation) and any(flags)
+        donate.append(flags if takes else None)
+    return donate
+
+
+def _output_unsaved_for_gradient(operation):
+    """Whether ``operation``'s output is a fresh tensor (in eager execution) that no gradient
+    formula reads back: batch normalization (its gradient reads its input), ``Add`` and a
+    ``Conv2D`` without activation. A ReLU's gradient reads its output, so a ReLU's output (and
+    a ``Conv2D`` with ReLU activation's) is never overwritten in training."""
+    kind = type(operation)
+    if kind is keras.layers.Conv2D:
+        return operation.activation is keras.activations.linear
+    return kind in (keras.layers.BatchNormalization, keras.layers.Add)
+
+
+def _takes_training_donations(operation):
+    """Whether ``operation`` has an in-place eager training form: ``Activation("relu")`` and
+    ``Add`` (an in-place ReLU or sum records the same gradient)."""
+    kind = type(operation)
+    if kind is keras.layers.Activation:
+        return operation.activation is keras.activations.relu
+    return kind is keras.layers.Add
 
 
 def _returns_fresh_tensor(operation):
@@ -121,13 +169,19 @@ def _call_method(layer, *args, **kwargs):
     return layer.call(*args, **kwargs)
 
 
-def _direct_function(operation, backend):
+def _direct_function(operation, backend, training=False):
     """``(compute_dtype, function, donating)``: ``function(operation, *args, **kwargs)`` may
-    replace ``operation(*args, **kwargs)`` in eager inference when every input has
-    ``compute_dtype`` (see the module docstring); ``None`` when ``operation`` must go through
-    ``Layer.__call__``."""
+    replace ``operation(*args, **kwargs)`` in eager inference (or, with ``training``, eager
+    training) when every input has ``compute_dtype`` (see the module docstring); ``None`` when
+    ``operation`` must go through ``Layer.__call__``."""
     if type(operation) not in DIRECT_CALL_TYPES or not operation.built:
         return None
+    if training:
+        # Training calls go directly only on a backend with in-place training forms, and
+        # only to the layer's own ``call``; ``__call__`` would add an activity regulariser's
+        # loss.
+        if backend is None or getattr(operation, "activity_regularizer", None) is not None:
+            return None
     if internals.is_quantized(operation):
         return None
     policy = operation.dtype_policy
@@ -137,15 +191,18 @@ def _direct_function(operation, backend):
         return policy.compute_dtype, _call_method, None
     if not backend.direct_calls_allowed(operation):
         return None
+    if training:
+        return policy.compute_dtype, _call_method, backend.training_donating_function(operation)
     function = backend.inference_function(operation) or _call_method
     return policy.compute_dtype, function, backend.donating_function(operation)
 
 
-def _run(operation, args, kwargs, backend, eager_inference, donate=None):
-    """``operation(*args, **kwargs)``, directly when ``eager_inference`` allows it, writing
-    into the inputs that ``donate`` flags where the backend can."""
-    if eager_inference:
-        direct = _direct_function(operation, backend)
+def _run(operation, args, kwargs, backend, eager, donate=None):
+    """``operation(*args, **kwargs)``, directly when ``eager`` (``"inference"`` or
+    ``"training"``, see :func:`_eager_mode`) allows it, writing into the inputs that
+    ``donate`` flags where the backend can."""
+    if eager is not None:
+        direct = _direct_function(operation, backend, training=eager == "training")
         if direct is not None and _all_have_dtype(args, direct[0]):
             if donate is not None and direct[2] is not None:
                 return direct[2](operation, donate, *args, **kwargs)  # bit-identical
@@ -171,12 +228,13 @@ def _all_have_dtype(values, dtype):
     return name == dtype
 
 
-def _eager_inference(flat_inputs, training):
-    """``training`` false and every input an eager backend tensor (arrays of other libraries
-    go through ``__call__``, which converts them)."""
-    return not training and all(
-        keras.ops.is_tensor(x) and is_concrete_tensor(x) for x in flat_inputs
-    )
+def _eager_mode(flat_inputs, training):
+    """``"inference"`` (``training`` false) or ``"training"`` when every input is an eager
+    backend tensor; ``None`` otherwise (traced inputs, or arrays of other libraries, which
+    ``__call__`` converts)."""
+    if not all(keras.ops.is_tensor(x) and is_concrete_tensor(x) for x in flat_inputs):
+        return None
+    return "training" if training else "inference"
 
 
 #: ``model -> _Plan`` (or ``None`` when the model cannot be run node by node).
@@ -212,15 +270,16 @@ def run_releasing(model, inputs, training=None):
     if plan is None or symbolic or len(flat) != len(plan.input_ids):
         return None
     backend = _backend_module()
-    eager_inference = _eager_inference(flat, training)
+    eager = _eager_mode(flat, training)
+    donations = plan.donate_training if eager == "training" else plan.donate
     tensors = dict(zip(plan.input_ids, flat, strict=True))
     for node, release, takes_training, donate in zip(
-        plan.nodes, plan.release, plan.takes_training, plan.donate, strict=True
+        plan.nodes, plan.release, plan.takes_training, donations, strict=True
     ):
         args, kwargs = node.fill_in(tensors)
         if takes_training and training is not None:
             kwargs["training"] = training
-        outputs = _run(node.operation, args, kwargs, backend, eager_inference, donate)
+        outputs = _run(node.operation, args, kwargs, backend, eager, donate)
         if len(node.output_ids) == 1 and not isinstance(outputs, list | tuple | dict):
             tensors[node.output_ids[0]] = outputs
         else:
