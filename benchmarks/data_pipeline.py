@@ -45,13 +45,15 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _worker_process  # noqa: E402 - the sibling module, found through HERE
 
 BACKENDS = ("tensorflow", "jax", "torch")
 NUM_CLASSES = 80
@@ -530,22 +532,9 @@ def _set_malloc(malloc):
 
 
 def run_worker(kind, backend, spec, timeout):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), f"--{kind}-worker", json.dumps(spec)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {timeout} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT) :])
-    return {"error": f"worker exited with code {proc.returncode} (see its stderr above)"}
+    return _worker_process.run_worker(
+        __file__, [f"--{kind}-worker", json.dumps(spec)], backend, RESULT, timeout, ROOT
+    )
 
 
 def _prefetches(row):

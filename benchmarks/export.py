@@ -29,13 +29,15 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _worker_process  # noqa: E402 - the sibling module, found through HERE
 
 #: ``(backend, format, runtime)``, one worker each.
 BACKENDS = [
@@ -200,22 +202,9 @@ def run_worker(backend, format, size, repeats, quick, confidence_threshold, logi
         confidence_threshold=confidence_threshold,
         logit_std=logit_std,
     )
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {timeout} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT) :])
-    return {"error": f"worker exited with code {proc.returncode} (see its stderr above)"}
+    return _worker_process.run_worker(
+        __file__, ["--worker", json.dumps(spec)], backend, RESULT, timeout, ROOT
+    )
 
 
 def summarise(backend, runtime, raw, size, repeats):

@@ -30,7 +30,7 @@ import weakref
 import jax
 import jax.numpy as jnp
 
-from keras_retinanet._keras_internals import batch_normalization_is_standard
+from keras_retinanet.fast._layers import update_moving_statistics, uses_batch_statistics
 
 
 def _reduction_axes(ndim, axis):
@@ -112,11 +112,7 @@ class _FastBatchNormalization:
 
     def __call__(self, inputs, training=None, mask=None):
         layer = self.layer()
-        if (
-            not (training and layer.trainable)
-            or mask is not None
-            or not batch_normalization_is_standard(layer)
-        ):
+        if not uses_batch_statistics(layer, training, mask):
             return self.keras_call(layer, inputs, training=training, mask=mask)
         import keras
 
@@ -130,11 +126,7 @@ class _FastBatchNormalization:
         outputs, mean, variance = normalize_batch(
             inputs, gamma, beta, layer.axis % inputs.ndim, layer.epsilon
         )
-        momentum = layer.momentum
-        moving_mean = jnp.asarray(layer.moving_mean.value, compute_dtype)
-        moving_variance = jnp.asarray(layer.moving_variance.value, compute_dtype)
-        layer.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
-        layer.moving_variance.assign(moving_variance * momentum + variance * (1.0 - momentum))
+        update_moving_statistics(layer, mean, variance, compute_dtype)
         return jnp.asarray(outputs, dtype=layer.compute_dtype)
 
 

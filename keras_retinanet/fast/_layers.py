@@ -75,3 +75,25 @@ def set_layer_calls(layers, layer_class, call_class):
             internals.replace_method(layer, "call", call_class(layer))
             count += 1
     return count
+
+
+def uses_batch_statistics(layer, training, mask):
+    """Whether a ``BatchNormalization`` call normalises with the batch's own statistics in
+    the standard way, the case the training fast paths replace: a trainable layer called with
+    ``training`` true, without a mask, renormalisation or synchronised statistics."""
+    return (
+        bool(training)
+        and layer.trainable
+        and mask is None
+        and internals.batch_normalization_is_standard(layer)
+    )
+
+
+def update_moving_statistics(layer, mean, variance, dtype):
+    """Keras' update of a ``BatchNormalization`` layer's moving averages from a batch's
+    ``mean`` and biased ``variance`` (``[C]``), computed in ``dtype`` (the layer's statistics
+    dtype, at least float32): ``moving * momentum + batch * (1 - momentum)``."""
+    momentum = layer.momentum
+    for variable, value in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+        moving = keras.ops.cast(variable.value, dtype)
+        variable.assign(moving * momentum + value * (1.0 - momentum))

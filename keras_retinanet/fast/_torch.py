@@ -47,10 +47,8 @@ import keras
 import torch
 import torch.nn.functional as F
 
-from keras_retinanet._keras_internals import (
-    batch_normalization_is_standard,
-    training_in_call_context,
-)
+from keras_retinanet._keras_internals import training_in_call_context
+from keras_retinanet.fast._layers import update_moving_statistics, uses_batch_statistics
 
 
 def store_kernels_for_torch(layers):
@@ -247,9 +245,7 @@ class _BatchNormalizationCall:
     def __call__(self, inputs, training=None, mask=None):
         layer = self._layer()
         if (
-            not (training and layer.trainable)
-            or mask is not None
-            or not batch_normalization_is_standard(layer)
+            not uses_batch_statistics(layer, training, mask)
             or not isinstance(inputs, torch.Tensor)
             or inputs.dtype != torch.float32
             or inputs.device.type == "meta"
@@ -281,11 +277,7 @@ class _BatchNormalizationCall:
         with torch.no_grad():
             # unbiased -> biased, as keras.ops.moments (not in place: autograd saved it)
             variance = variance * ((count - 1) / count)
-            momentum = layer.momentum
-            moving_mean = layer.moving_mean.value
-            moving_variance = layer.moving_variance.value
-            layer.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
-            layer.moving_variance.assign(moving_variance * momentum + variance * (1.0 - momentum))
+            update_moving_statistics(layer, mean, variance, "float32")
         return outputs if axis == 1 else outputs.movedim(1, axis)
 
 
@@ -394,17 +386,27 @@ def donating_function(layer):
     return None
 
 
+def _may_overwrite_in_training(donated, tensor):
+    """Whether ``tensor``, donated by the caller (no gradient formula reads it back), may be
+    written in place in training: not a view. An in-place write into a view (the
+    channels_last batch normalization's output is one) makes autograd copy the whole base
+    gradient back in the backward pass, which costs more than the write saves."""
+    return donated and isinstance(tensor, torch.Tensor) and tensor._base is None
+
+
 def _relu_donated_training(layer, donated, inputs, **unused):
     """ReLU written into ``inputs`` when it is donated (in training too: the caller donates
     only tensors that no gradient formula reads back; ``relu_`` records ReLU's gradient)."""
-    return torch.relu_(inputs) if donated[0] else F.relu(inputs)
+    if _may_overwrite_in_training(donated[0], inputs):
+        return torch.relu_(inputs)
+    return F.relu(inputs)
 
 
 def _add_donated_training(layer, donated, inputs, **unused):
     """:func:`_add_donated` for training: ``add_`` records the sum's gradient, and the caller
     donates only tensors that no gradient formula reads back."""
     return _add_into(
-        inputs, lambda index: donated[index] and isinstance(inputs[index], torch.Tensor)
+        inputs, lambda index: _may_overwrite_in_training(donated[index], inputs[index])
     )
 
 
