@@ -110,7 +110,9 @@ def test_dilated_grouped_and_custom_convolutions_are_left_alone():
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_model_outputs_and_a_train_step_match_keras_convolution(data_format, tmp_path):
     keras.utils.set_random_seed(0)
-    model = RetinaNet(num_classes=3, backbone="compact", data_format=data_format)
+    model = RetinaNet(
+        num_classes=3, backbone="compact", fpn_filters=32, head_convs=1, data_format=data_format
+    )
     shape = (2, 64, 64, 3) if data_format == "channels_last" else (2, 3, 64, 64)
     model.build(shape)
     reference = RetinaNet.from_config(model.get_config())
