@@ -54,6 +54,22 @@ def _discard_venv_in_ci(func):
     return wrapper
 
 
+def _jax_compilation_cache(session):
+    """Environment that shares JAX's compiled programs between the processes of one session.
+
+    JAX compiles every eager op for every new shape, and each pytest-xdist worker and each
+    subprocess a test starts (the CLI, two-process and torchrun-style tests) compiled the same
+    programs again; that compiling was most of the JAX session's time. With a persistent cache
+    (every program, however quick to compile) a program is compiled once per session and read
+    back elsewhere. A cached program is the same executable, so no result changes. The cache
+    lives in the session's own folder, which CI deletes with the venv.
+    """
+    return {
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(session.create_tmp(), "jax-compilation-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
 def _pytest_args(session, *default):
     return list(session.posargs) or list(default)
 
@@ -82,31 +98,41 @@ def tests(session, backend):
         "'backend', keras.backend.backend(), 'keras_retinanet', keras_retinanet.__version__)",
         env={**QUIET_ENV, "KERAS_BACKEND": backend},
     )
+    env = {**QUIET_ENV, "KERAS_BACKEND": backend}
+    if backend == "jax":
+        env.update(_jax_compilation_cache(session))
     session.run(
         "pytest",
         *_pytest_args(
             session, "-m", "not parity", *WORKERS, "--durations=10", "-p", "no:cacheprovider"
         ),
-        env={**QUIET_ENV, "KERAS_BACKEND": backend},
+        env=env,
     )
 
 
 #: The lower end of ``pyproject.toml``'s Keras range (``_keras_internals.TESTED_KERAS``).
 OLDEST_KERAS = "3.10.0"
 #: Test files the oldest-Keras session leaves to the main sessions: readers, numerics and
-#: tools that call only long-stable ``keras.ops`` (or no Keras at all), and the command-line
+#: tools that call only long-stable ``keras.ops`` (or no Keras at all); the checkpoint
+#: converter and the preset registry, which assign tensors by name to public layer variables
+#: (saving and loading models is ``test_serialization.py``'s, which runs here); the command-line
 #: front ends (argument handling and run-time faults around library calls that the model,
-#: training, checkpoint and export tests make directly). Everything in the library that
-#: builds, saves, trains or exports a model, and the fast paths' Keras internals, runs on both
-#: ends of the Keras range; a new test file runs on both unless it is listed here.
+#: training, checkpoint and export tests make directly). Everything in the library that builds,
+#: saves, trains or exports a model, and the fast paths' Keras internals, runs on both ends of
+#: the Keras range; a new test file runs on both unless it is listed here.
 OLDEST_KERAS_LEAVES = (
     "test_anchor_coverage.py",
     "test_anchors.py",
     "test_benchmark_data_pipeline.py",
     "test_benchmark_schedule.py",
     "test_box_coding.py",
+    "test_cli.py",
     "test_cli_evaluate.py",
+    "test_cli_export.py",
+    "test_cli_presets.py",
+    "test_cli_resume.py",
     "test_cli_train.py",
+    "test_convert.py",
     "test_cpu_memory.py",
     "test_data_coco.py",
     "test_data_csv.py",
@@ -121,6 +147,7 @@ OLDEST_KERAS_LEAVES = (
     "test_nms.py",
     "test_nms_torch_sync.py",
     "test_packaging.py",
+    "test_presets.py",
     "test_properties.py",
     "test_visualization.py",
 )
@@ -162,7 +189,8 @@ def parity(session):
         *_pytest_args(
             session, "-m", "parity", *WORKERS, "-rP", "--durations=10", "-p", "no:cacheprovider"
         ),
-        env={**QUIET_ENV, "KERAS_BACKEND": "tensorflow"},
+        # The JAX subprocesses (weights, export and NMS parity) share compiled programs too.
+        env={**QUIET_ENV, "KERAS_BACKEND": "tensorflow", **_jax_compilation_cache(session)},
     )
 
 

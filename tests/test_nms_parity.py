@@ -7,9 +7,9 @@ TensorFlow version. JAX and PyTorch run in one subprocess per test (``parity_wor
 with their own ``KERAS_BACKEND``, calling the per-backend module directly), since TensorFlow and
 JAX loaded in one process can crash.
 
-TensorFlow and PyTorch check every case. PyTorch runs them in one process with one intra-op
-thread: its many tiny ops ran four times slower with two OpenMP threads fighting over two busy
-cores.
+TensorFlow and PyTorch check every case. PyTorch runs them in ``TORCH_PARTS`` processes (every
+other case each, so the session's two workers finish together) with one intra-op thread: its
+many tiny ops ran four times slower with two OpenMP threads fighting over two busy cores.
 
 JAX's time is compiling, not running: a program per padded input shape and kept-buffer size
 (one to three CPU seconds each; the 2000 generated cases need 99) plus small eager compiles
@@ -52,6 +52,8 @@ EDGE = edge_cases()
 JAX_MIN_SHARED = 20
 JAX_PER_PROGRAM = 10
 JAX_PARTS = 2
+#: PyTorch's share of the cases: every ``TORCH_PARTS``-th case per process.
+TORCH_PARTS = 2
 
 
 def _case(kind, index):
@@ -132,6 +134,8 @@ def _jax_parts():
 def _selection(backend, part):
     if backend == "jax":
         return _jax_parts()[part]
+    if backend == "torch":
+        return [[kind, index, backend] for kind, index in _selected()[part::TORCH_PARTS]]
     return [[kind, index, backend] for kind, index in _selected()]
 
 
@@ -198,7 +202,9 @@ def _coverage(cases):
 # Longest first: pytest-xdist hands each worker two tests to start with.
 @pytest.mark.parametrize(
     "backend, part",
-    [("jax", p) for p in range(JAX_PARTS)] + [("torch", 0), ("tensorflow", 0)],
+    [("torch", p) for p in range(TORCH_PARTS)]
+    + [("jax", p) for p in range(JAX_PARTS)]
+    + [("tensorflow", 0)],
     ids=lambda value: str(value),
 )
 def test_identical_to_tf(backend, part, tmp_path):
@@ -218,6 +224,8 @@ def test_identical_to_tf(backend, part, tmp_path):
     if backend == "jax":
         programs = len({_jax_program(c) for c in cases} - {None})
         where = f"; JAX part {part + 1} of {JAX_PARTS}, {programs} compiled programs"
+    elif backend == "torch":
+        where = f"; PyTorch part {part + 1} of {TORCH_PARTS}"
     else:
         where = ""
     coverage = ", ".join(f"{k} {v}" for k, v in _coverage(cases).items())
@@ -234,6 +242,11 @@ def test_jax_parts_hold_every_selected_case_once():
     assert sorted(e[:2] for part in parts for e in part) == sorted(_jax_selected())
     groups = [{group for _, _, group in part} for part in parts]
     assert not set.intersection(*groups), "a padded shape would be compiled twice"
+
+
+def test_torch_parts_hold_every_case_once():
+    parts = [_selection("torch", part) for part in range(TORCH_PARTS)]
+    assert sorted(e[:2] for part in parts for e in part) == sorted(_selected())
 
 
 def test_jax_cases_cover_every_code_path():
