@@ -99,15 +99,34 @@ def tests(session, backend):
         env={**QUIET_ENV, "KERAS_BACKEND": backend},
     )
     env = {**QUIET_ENV, "KERAS_BACKEND": backend}
+    leave = []
     if backend == "jax":
         env.update(_jax_compilation_cache(session))
+        leave = [f"--ignore=tests/{name}" for name in JAX_LEAVES]
     session.run(
         "pytest",
         *_pytest_args(
-            session, "-m", "not parity", *WORKERS, "--durations=10", "-p", "no:cacheprovider"
+            session,
+            "-m",
+            "not parity",
+            *leave,
+            *WORKERS,
+            "--durations=10",
+            "-p",
+            "no:cacheprovider",
         ),
         env=env,
     )
+
+
+#: Test files the JAX session leaves to the TensorFlow and PyTorch sessions: backend-neutral
+#: code whose JAX side other tests check. The checkpoint converter assigns NumPy arrays to
+#: variables by name, and converted models are compared with torchvision on JAX in the parity
+#: session (``test_torchvision_parity.py``) and run from presets in ``test_presets.py``; the
+#: ``evaluate`` and preset commands are front ends around ``predict`` and COCO evaluation
+#: (NumPy and pycocotools). Each JAX test compiles its programs, which made this session the
+#: longest; what stays here is what runs differently on JAX.
+JAX_LEAVES = ("test_cli_evaluate.py", "test_cli_presets.py", "test_convert.py")
 
 
 #: The lower end of ``pyproject.toml``'s Keras range (``_keras_internals.TESTED_KERAS``).
@@ -177,6 +196,20 @@ def oldest_keras(session):
     )
 
 
+#: The parity session's longest test files (a minute or more each on 2 CPU cores).
+PARITY_FIRST = ("tests/test_backend_parity.py", "tests/test_torchvision_parity.py")
+
+
+def _test_files(first):
+    """Every ``tests/test_*.py``, ``first`` in front, the others in name order."""
+    rest = sorted(
+        os.path.join("tests", name)
+        for name in os.listdir("tests")
+        if name.startswith("test_") and name.endswith(".py")
+    )
+    return [*first, *(path for path in rest if path not in first)]
+
+
 @nox.session
 @_discard_venv_in_ci
 def parity(session):
@@ -187,7 +220,17 @@ def parity(session):
         "pytest",
         # -rP: the workers' captured output (each parity test prints what it compared).
         *_pytest_args(
-            session, "-m", "parity", *WORKERS, "-rP", "--durations=10", "-p", "no:cacheprovider"
+            session,
+            "-m",
+            "parity",
+            # The longest tests first (pytest collects named files in the order given), so
+            # that neither worker is left with one of them at the end.
+            *_test_files(first=PARITY_FIRST),
+            *WORKERS,
+            "-rP",
+            "--durations=10",
+            "-p",
+            "no:cacheprovider",
         ),
         # The JAX subprocesses (weights, export and NMS parity) share compiled programs too.
         env={**QUIET_ENV, "KERAS_BACKEND": "tensorflow", **_jax_compilation_cache(session)},

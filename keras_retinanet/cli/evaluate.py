@@ -154,8 +154,8 @@ def _note(message):
 def evaluate_command(args):
     from keras_retinanet.evaluation import format_per_class_table
 
-    json_path = getattr(args, "json", None)  # set once add_evaluate_arguments is wired in
-    kind = getattr(args, "dataset", "coco")
+    json_path = args.json
+    kind = args.dataset
     require_file(args.model, "--model")
     if json_path is not None and os.path.isdir(json_path):
         fail(f"--json {json_path!r} is a directory")  # before the (slow) evaluation
@@ -165,8 +165,8 @@ def evaluate_command(args):
         kind,
         args.annotations,
         args.images,
-        getattr(args, "classes", None),
-        getattr(args, "split", "test"),
+        args.classes,
+        args.split,
         "--annotations",
     )
     if len(dataset) == 0:
