@@ -7,10 +7,9 @@ TensorFlow version. JAX and PyTorch run in one subprocess per test (``parity_wor
 with their own ``KERAS_BACKEND``, calling the per-backend module directly), since TensorFlow and
 JAX loaded in one process can crash.
 
-TensorFlow and PyTorch check every case. PyTorch runs them in ``TORCH_PARTS`` processes (shares
-of about equal estimated cost, so the session's two workers finish together) with one intra-op
-thread: its many tiny ops ran four times slower with two OpenMP threads fighting over two busy
-cores.
+TensorFlow and PyTorch check every case. PyTorch runs them in ``TORCH_PARTS`` processes (every
+other case each, so the session's two workers finish together) with one intra-op thread: its
+many tiny ops ran four times slower with two OpenMP threads fighting over two busy cores.
 
 JAX's time is compiling, not running: a program per padded input shape and kept-buffer size
 (one to three CPU seconds each; the 2000 generated cases need 99) plus small eager compiles
@@ -53,7 +52,7 @@ EDGE = edge_cases()
 JAX_MIN_SHARED = 20
 JAX_PER_PROGRAM = 10
 JAX_PARTS = 2
-#: PyTorch's processes, each with a share of the cases (``_torch_parts``).
+#: PyTorch's share of the cases: every ``TORCH_PARTS``-th case per process.
 TORCH_PARTS = 2
 
 
@@ -132,30 +131,11 @@ def _jax_parts():
     return parts
 
 
-def _torch_cost(case):
-    """Rough seconds of one case in PyTorch: a fixed cost, and more with the rows it may keep
-    (measured: two generated cases that may keep about 12 000 and 6 000 rows of each of 4
-    images took 8 and 7 of the 40 seconds of all 2044 cases)."""
-    batch, n, _, _ = case.boxes.shape
-    return 0.02 + 2e-4 * batch * min(case.max_total_size, n * case.scores.shape[2])
-
-
-def _torch_parts():
-    """``TORCH_PARTS`` lists of ``[kind, index, "torch"]``: the cases dealt greedily
-    (costliest first) to balance the estimated cost (a few cases take much of it)."""
-    parts, loads = [[] for _ in range(TORCH_PARTS)], [0.0] * TORCH_PARTS
-    for kind, index in sorted(_selected(), key=lambda e: -_torch_cost(_case(*e))):
-        lightest = loads.index(min(loads))
-        parts[lightest].append([kind, index, "torch"])
-        loads[lightest] += _torch_cost(_case(kind, index))
-    return parts
-
-
 def _selection(backend, part):
     if backend == "jax":
         return _jax_parts()[part]
     if backend == "torch":
-        return _torch_parts()[part]
+        return [[kind, index, backend] for kind, index in _selected()[part::TORCH_PARTS]]
     return [[kind, index, backend] for kind, index in _selected()]
 
 
