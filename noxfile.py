@@ -70,6 +70,11 @@ def _jax_compilation_cache(session):
     }
 
 
+def _ignore(names):
+    """pytest arguments that leave out these ``tests/`` files."""
+    return [f"--ignore=tests/{name}" for name in names]
+
+
 def _pytest_args(session, *default):
     return list(session.posargs) or list(default)
 
@@ -102,7 +107,7 @@ def tests(session, backend):
     leave = []
     if backend == "jax":
         env.update(_jax_compilation_cache(session))
-        leave = [f"--ignore=tests/{name}" for name in JAX_LEAVES]
+        leave = _ignore(JAX_LEAVES)
     session.run(
         "pytest",
         *_pytest_args(
@@ -186,7 +191,7 @@ def oldest_keras(session):
         # Keras picks TensorFlow when no backend is set, and this session has no TensorFlow.
         env={**QUIET_ENV, "KERAS_BACKEND": "torch"},
     )
-    leave = [f"--ignore=tests/{name}" for name in OLDEST_KERAS_LEAVES]
+    leave = _ignore(OLDEST_KERAS_LEAVES)
     session.run(
         "pytest",
         *_pytest_args(

@@ -99,11 +99,6 @@ def test_convert_a_checkpoint_of_ones_own(checkpoint, tmp_path):
     assert run["normalization"] == "torchvision" and run["decoding"] == TORCHVISION_DECODING
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "jax",
-    reason="the command-line plumbing is backend-neutral; torch and TF run it (a full-size "
-    "ResNet50 compiles twice on JAX; test_presets.py predicts with the presets on every backend)",
-)
 def test_predict_with_a_preset_and_with_the_converted_model(checkpoint, converted, photo, tmp_path):
     by_preset, by_model = tmp_path / "preset", tmp_path / "model"
     common = ["--images", photo, "--score-threshold", "0.5", *SIDES]
